@@ -1,0 +1,1 @@
+//! A rust-vmm microVM. It knows nothing of EC2.
