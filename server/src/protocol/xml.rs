@@ -1,0 +1,165 @@
+//! XML encoding of generated output types, in EC2's style.
+
+use super::types::{Blob, Timestamp};
+
+pub const NAMESPACE: &str = "http://ec2.amazonaws.com/doc/2016-11-15/";
+
+/// A small append-only XML writer; output shapes are trees of known element names, so
+/// nothing more than escaping text is needed.
+#[derive(Default)]
+pub struct XmlWriter {
+    buf: String,
+}
+
+impl XmlWriter {
+    pub fn new() -> Self {
+        Self {
+            buf: String::with_capacity(1024),
+        }
+    }
+
+    pub fn into_string(self) -> String {
+        self.buf
+    }
+
+    pub fn open(&mut self, name: &str) {
+        self.buf.push('<');
+        self.buf.push_str(name);
+        self.buf.push('>');
+    }
+
+    pub fn close(&mut self, name: &str) {
+        self.buf.push_str("</");
+        self.buf.push_str(name);
+        self.buf.push('>');
+    }
+
+    pub fn text(&mut self, s: &str) {
+        self.buf.push_str(&quick_xml::escape::escape(s));
+    }
+
+    pub fn raw(&mut self, s: &str) {
+        self.buf.push_str(s);
+    }
+
+    pub fn field<T: ToXml + ?Sized>(&mut self, name: &str, value: Option<&T>) {
+        if let Some(v) = value {
+            v.write_element(self, name);
+        }
+    }
+
+    pub fn list<T: ToXml>(&mut self, name: &str, item: &str, value: Option<&Vec<T>>) {
+        if let Some(items) = value {
+            self.open(name);
+            for i in items {
+                i.write_element(self, item);
+            }
+            self.close(name);
+        }
+    }
+
+    pub fn flat_list<T: ToXml>(&mut self, item: &str, value: Option<&Vec<T>>) {
+        for i in value.into_iter().flatten() {
+            i.write_element(self, item);
+        }
+    }
+}
+
+/// Encoding of one value as XML.
+pub trait ToXml {
+    /// The contents of the element; structures write their members here.
+    fn write_members(&self, w: &mut XmlWriter);
+
+    fn write_element(&self, w: &mut XmlWriter, name: &str) {
+        w.open(name);
+        self.write_members(w);
+        w.close(name);
+    }
+}
+
+impl ToXml for String {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.text(self);
+    }
+}
+
+impl ToXml for str {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.text(self);
+    }
+}
+
+impl ToXml for bool {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.raw(if *self { "true" } else { "false" });
+    }
+}
+
+macro_rules! display_xml {
+    ($($t:ty),*) => {$(
+        impl ToXml for $t {
+            fn write_members(&self, w: &mut XmlWriter) {
+                w.raw(&self.to_string());
+            }
+        }
+    )*};
+}
+display_xml!(i32, i64, f64);
+
+impl ToXml for Blob {
+    fn write_members(&self, w: &mut XmlWriter) {
+        use base64::Engine;
+        w.raw(&base64::engine::general_purpose::STANDARD.encode(&self.0));
+    }
+}
+
+impl ToXml for Timestamp {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.raw(&self.to_iso());
+    }
+}
+
+/// `<{Action}Response xmlns=…><requestId>…</requestId>…</{Action}Response>`.
+pub fn response<T: ToXml>(action: &str, request_id: &str, output: &T) -> String {
+    let mut w = XmlWriter::new();
+    w.raw("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<");
+    w.raw(action);
+    w.raw("Response xmlns=\"");
+    w.raw(NAMESPACE);
+    w.raw("\">");
+    w.open("requestId");
+    w.text(request_id);
+    w.close("requestId");
+    output.write_members(&mut w);
+    w.raw("</");
+    w.raw(action);
+    w.raw("Response>");
+    w.into_string()
+}
+
+/// The EC2 error envelope.
+pub fn error(code: &str, message: &str, request_id: &str) -> String {
+    let mut w = XmlWriter::new();
+    w.raw("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+    w.open("Response");
+    w.open("Errors");
+    w.open("Error");
+    w.open("Code");
+    w.text(code);
+    w.close("Code");
+    w.open("Message");
+    w.text(message);
+    w.close("Message");
+    w.close("Error");
+    w.close("Errors");
+    w.open("RequestID");
+    w.text(request_id);
+    w.close("RequestID");
+    w.close("Response");
+    w.into_string()
+}
+
+/// Operations whose model has no output shape answer with just the request id.
+impl ToXml for () {
+    fn write_members(&self, _w: &mut XmlWriter) {}
+}
