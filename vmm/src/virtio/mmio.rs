@@ -1,0 +1,264 @@
+//! The virtio-mmio transport (virtio 1.x, "version 2" register layout).
+
+use std::sync::atomic::Ordering;
+
+use virtio_queue::{Queue, QueueT};
+
+use super::{DeviceError, INT_CONFIG, INT_VRING, Interrupt, VIRTIO_F_VERSION_1, VirtioDevice};
+use crate::memory::GuestMem;
+
+const MAGIC: u32 = 0x7472_6976; // "virt"
+const VENDOR_ID: u32 = 0x4543_3244; // "EC2D"
+
+const STATUS_ACKNOWLEDGE: u32 = 1;
+const STATUS_DRIVER: u32 = 2;
+const STATUS_DRIVER_OK: u32 = 4;
+const STATUS_FEATURES_OK: u32 = 8;
+const STATUS_NEEDS_RESET: u32 = 0x40;
+const STATUS_FAILED: u32 = 0x80;
+
+pub struct MmioTransport {
+    device: Box<dyn VirtioDevice>,
+    mem: GuestMem,
+    queues: Vec<Queue>,
+    queue_sel: u32,
+    device_features_sel: u32,
+    driver_features_sel: u32,
+    driver_features: u64,
+    status: u32,
+    interrupt: Interrupt,
+    config_generation: u32,
+    broken: bool,
+}
+
+impl MmioTransport {
+    pub fn new(device: Box<dyn VirtioDevice>, mem: GuestMem, interrupt: Interrupt) -> Self {
+        let queues = device
+            .queue_max_sizes()
+            .iter()
+            .filter_map(|&s| Queue::new(s).ok())
+            .collect();
+        MmioTransport {
+            device,
+            mem,
+            queues,
+            queue_sel: 0,
+            device_features_sel: 0,
+            driver_features_sel: 0,
+            driver_features: 0,
+            status: 0,
+            interrupt,
+            config_generation: 0,
+            broken: false,
+        }
+    }
+
+    pub fn interrupt(&self) -> &Interrupt {
+        &self.interrupt
+    }
+
+    pub fn device_type(&self) -> u32 {
+        self.device.device_type()
+    }
+
+    pub fn device_mut(&mut self) -> &mut dyn VirtioDevice {
+        self.device.as_mut()
+    }
+
+    fn device_features(&self) -> u64 {
+        self.device.features() | VIRTIO_F_VERSION_1
+    }
+
+    fn driver_ok(&self) -> bool {
+        self.status & STATUS_DRIVER_OK != 0 && !self.broken
+    }
+
+    fn selected_queue(&mut self) -> Option<&mut Queue> {
+        self.queues.get_mut(self.queue_sel as usize)
+    }
+
+    fn reset(&mut self) {
+        self.device.reset();
+        for q in self.queues.iter_mut() {
+            q.reset();
+        }
+        self.queue_sel = 0;
+        self.device_features_sel = 0;
+        self.driver_features_sel = 0;
+        self.driver_features = 0;
+        self.status = 0;
+        self.broken = false;
+        self.interrupt.status.store(0, Ordering::SeqCst);
+    }
+
+    /// Runs the device on queue `index` and interrupts the driver if needed.
+    /// A malformed request marks the device as needing a reset (the guest
+    /// driver then resets it) instead of affecting the host.
+    pub fn process(&mut self, index: usize) {
+        if !self.driver_ok() {
+            return;
+        }
+        let Some(queue) = self.queues.get_mut(index) else {
+            return;
+        };
+        if !queue.ready() {
+            return;
+        }
+        match self.device.process_queue(index, queue, &self.mem) {
+            Ok(true) => {
+                let notify = queue.needs_notification(&self.mem).unwrap_or(true);
+                if notify {
+                    self.interrupt.signal(INT_VRING);
+                }
+            }
+            Ok(false) => {}
+            Err(e) => self.fail(e),
+        }
+    }
+
+    fn fail(&mut self, e: DeviceError) {
+        tracing::warn!(
+            device = self.device.device_type(),
+            "virtio device error: {e}; needs reset"
+        );
+        self.broken = true;
+        self.status |= STATUS_NEEDS_RESET;
+        self.config_generation = self.config_generation.wrapping_add(1);
+        self.interrupt.signal(INT_CONFIG);
+    }
+
+    pub fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if offset >= 0x100 {
+            self.device.read_config(offset - 0x100, data);
+            return;
+        }
+        if data.len() != 4 {
+            data.fill(0);
+            return;
+        }
+        let v: u32 = match offset {
+            0x000 => MAGIC,
+            0x004 => 2,
+            0x008 => self.device.device_type(),
+            0x00c => VENDOR_ID,
+            0x010 => {
+                let f = self.device_features();
+                match self.device_features_sel {
+                    0 => f as u32,
+                    1 => (f >> 32) as u32,
+                    _ => 0,
+                }
+            }
+            0x034 => self
+                .selected_queue()
+                .map(|q| u32::from(q.max_size()))
+                .unwrap_or(0),
+            0x044 => self
+                .selected_queue()
+                .map(|q| u32::from(q.ready()))
+                .unwrap_or(0),
+            0x060 => self.interrupt.status.load(Ordering::SeqCst),
+            0x070 => self.status,
+            0x0fc => self.config_generation,
+            _ => 0,
+        };
+        data.copy_from_slice(&v.to_le_bytes());
+    }
+
+    pub fn write(&mut self, offset: u64, data: &[u8]) {
+        if offset >= 0x100 {
+            self.device.write_config(offset - 0x100, data);
+            return;
+        }
+        let Ok(bytes) = <[u8; 4]>::try_from(data) else {
+            return;
+        };
+        let v = u32::from_le_bytes(bytes);
+        // Queue layout may only change before the driver is up.
+        let can_setup = self.status & STATUS_DRIVER_OK == 0;
+        match offset {
+            0x014 => self.device_features_sel = v,
+            0x020 => {
+                if self.status & STATUS_FEATURES_OK == 0 {
+                    match self.driver_features_sel {
+                        0 => {
+                            self.driver_features =
+                                (self.driver_features & !0xffff_ffff) | u64::from(v)
+                        }
+                        1 => {
+                            self.driver_features =
+                                (self.driver_features & 0xffff_ffff) | (u64::from(v) << 32)
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            0x024 => self.driver_features_sel = v,
+            0x030 => self.queue_sel = v,
+            0x038 if can_setup => {
+                if let Some(q) = self.selected_queue() {
+                    q.set_size(v as u16);
+                }
+            }
+            0x044 if can_setup || v == 0 => {
+                let mem = self.mem.clone();
+                if let Some(q) = self.selected_queue() {
+                    q.set_ready(v == 1);
+                    if v == 1 && !q.is_valid(&mem) {
+                        tracing::warn!("guest enabled an invalid virtqueue");
+                        q.set_ready(false);
+                    }
+                }
+            }
+            0x050 => self.process(v as usize),
+            0x064 => {
+                self.interrupt.status.fetch_and(!v, Ordering::SeqCst);
+            }
+            0x070 => self.write_status(v),
+            0x080 if can_setup => self.with_queue(|q| q.set_desc_table_address(Some(v), None)),
+            0x084 if can_setup => self.with_queue(|q| q.set_desc_table_address(None, Some(v))),
+            0x090 if can_setup => self.with_queue(|q| q.set_avail_ring_address(Some(v), None)),
+            0x094 if can_setup => self.with_queue(|q| q.set_avail_ring_address(None, Some(v))),
+            0x0a0 if can_setup => self.with_queue(|q| q.set_used_ring_address(Some(v), None)),
+            0x0a4 if can_setup => self.with_queue(|q| q.set_used_ring_address(None, Some(v))),
+            _ => {}
+        }
+    }
+
+    fn with_queue(&mut self, f: impl FnOnce(&mut Queue)) {
+        if let Some(q) = self.selected_queue() {
+            f(q);
+        }
+    }
+
+    fn write_status(&mut self, v: u32) {
+        if v == 0 {
+            self.reset();
+            return;
+        }
+        let old = self.status;
+        let mut new = v & !STATUS_NEEDS_RESET | (old & STATUS_NEEDS_RESET);
+        if new & STATUS_FEATURES_OK != 0 && old & STATUS_FEATURES_OK == 0 {
+            // Refuse features we did not offer, and legacy drivers.
+            let bad = self.driver_features & !self.device_features() != 0
+                || self.driver_features & VIRTIO_F_VERSION_1 == 0;
+            if bad {
+                new &= !STATUS_FEATURES_OK;
+            }
+        }
+        if new & STATUS_DRIVER_OK != 0 && old & STATUS_DRIVER_OK == 0 {
+            if new & STATUS_FEATURES_OK == 0 || new & (STATUS_ACKNOWLEDGE | STATUS_DRIVER) == 0 {
+                new |= STATUS_FAILED;
+            } else {
+                self.status = new;
+                self.device.activate(self.driver_features);
+                // Buffers may have been queued before DRIVER_OK.
+                for i in 0..self.queues.len() {
+                    self.process(i);
+                }
+                return;
+            }
+        }
+        self.status = new;
+    }
+}
