@@ -1,2 +1,10 @@
+//! ec2d: an AWS-compatible EC2 emulator. See the README and `../shared/DESIGN.md`.
+
+pub mod api;
+pub mod auth;
+pub mod error;
+pub mod http;
 pub mod model;
 pub mod protocol;
+pub mod regions;
+pub mod store;

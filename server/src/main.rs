@@ -1,1 +1,138 @@
-fn main() {}
+//! `ec2d`: an AWS-compatible EC2 emulator.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+use clap::{Parser, Subcommand};
+use ec2d::api::Api;
+use ec2d::auth::Keyring;
+use ec2d::http::{Server, serve};
+use ec2d::store::Store;
+
+#[derive(Parser)]
+#[command(name = "ec2d", version, about = "An AWS-compatible EC2 emulator whose instances are real machines")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the EC2 API.
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:4566", env = "EC2D_LISTEN")]
+    listen: SocketAddr,
+    /// Where state (SQLite, disk images) lives.
+    #[arg(long, env = "EC2D_DATA_DIR", default_value_os_t = default_data_dir())]
+    data_dir: PathBuf,
+    /// Extra access keys, KEY:SECRET:ACCOUNT (12 digits). Repeatable. `test:test:000000000000` is always present.
+    #[arg(long = "credentials", value_name = "KEY:SECRET:ACCOUNT")]
+    credentials: Vec<String>,
+    /// A file of KEY:SECRET:ACCOUNT lines (# comments allowed).
+    #[arg(long, value_name = "FILE")]
+    credentials_file: Option<PathBuf>,
+}
+
+fn default_data_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("XDG_DATA_HOME") {
+        return PathBuf::from(d).join("ec2d");
+    }
+    if let Some(h) = std::env::var_os("HOME") {
+        return PathBuf::from(h).join(".local/share/ec2d");
+    }
+    PathBuf::from("ec2d-data")
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("EC2D_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => match run_serve(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!("{e}");
+                eprintln!("ec2d: {e}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn keyring(args: &ServeArgs) -> Result<Keyring, String> {
+    let mut keys = Keyring::with_defaults();
+    if let Some(path) = &args.credentials_file {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+            keys.add_spec(line)?;
+        }
+    }
+    for spec in &args.credentials {
+        keys.add_spec(spec)?;
+    }
+    Ok(keys)
+}
+
+fn run_serve(args: ServeArgs) -> Result<(), String> {
+    let keys = keyring(&args)?;
+    std::fs::create_dir_all(&args.data_dir)
+        .map_err(|e| format!("cannot create data directory {}: {e}", args.data_dir.display()))?;
+    let store = Store::open(&args.data_dir.join("ec2d.sqlite")).map_err(|e| e.to_string())?;
+    let server = Arc::new(Server {
+        api: Api::new(store),
+        keys,
+        started: Instant::now(),
+    });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start runtime: {e}"))?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+        tracing::info!(
+            listen = %args.listen,
+            data_dir = %args.data_dir.display(),
+            "ec2d serving the EC2 API"
+        );
+        serve(server, listener, shutdown_signal()).await;
+        tracing::info!("ec2d stopped");
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,304 @@
+//! State in SQLite: one API call is one transaction, scoped to an (account, region).
+//!
+//! Resources are stored as JSON documents of their generated model shape, so what Describe*
+//! returns is exactly what was stored; tags live in their own table because every family
+//! shares them.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::ApiError;
+use crate::model::Tag;
+
+/// Versioned migrations; the index + 1 is the schema version.
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE resources (
+        account TEXT NOT NULL,
+        region TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        body TEXT NOT NULL,
+        PRIMARY KEY (account, region, kind, id)
+    );
+    CREATE TABLE tags (
+        account TEXT NOT NULL,
+        region TEXT NOT NULL,
+        resource_id TEXT NOT NULL,
+        key TEXT NOT NULL,
+        value TEXT NOT NULL,
+        PRIMARY KEY (account, region, resource_id, key)
+    );
+    CREATE TABLE idempotency (
+        account TEXT NOT NULL,
+        region TEXT NOT NULL,
+        action TEXT NOT NULL,
+        token TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        response TEXT NOT NULL,
+        PRIMARY KEY (account, region, action, token)
+    );
+    CREATE TABLE seeded (
+        account TEXT NOT NULL,
+        region TEXT NOT NULL,
+        PRIMARY KEY (account, region)
+    );",
+];
+
+pub struct Store {
+    conn: Mutex<Connection>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open database {path}: {source}")]
+    Open {
+        path: String,
+        source: rusqlite::Error,
+    },
+    #[error("migration to version {version} failed: {source}")]
+    Migrate {
+        version: usize,
+        source: rusqlite::Error,
+    },
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let open_err = |source| StoreError::Open {
+            path: path.display().to_string(),
+            source,
+        };
+        let mut conn = Connection::open(path).map_err(open_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(open_err)?;
+        migrate(&mut conn)?;
+        Ok(Store {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    /// Runs `f` in one transaction for the caller's (account, region); commits only on success.
+    pub fn transaction<R>(
+        &self,
+        account: &str,
+        region: &str,
+        f: impl FnOnce(&Tx<'_>) -> Result<R, ApiError>,
+    ) -> Result<R, ApiError> {
+        let mut conn = self
+            .conn
+            .lock()
+            .map_err(|_| ApiError::internal("store lock poisoned"))?;
+        let tx = conn.transaction()?;
+        let scoped = Tx {
+            tx,
+            account: account.to_string(),
+            region: region.to_string(),
+        };
+        let out = f(&scoped)?;
+        scoped.tx.commit()?;
+        Ok(out)
+    }
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let current: usize = conn
+        .pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))
+        .map(|v| v as usize)
+        .map_err(|source| StoreError::Migrate { version: 0, source })?;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+        let version = i + 1;
+        let err = |source| StoreError::Migrate { version, source };
+        let tx = conn.transaction().map_err(err)?;
+        tx.execute_batch(sql).map_err(err)?;
+        tx.pragma_update(None, "user_version", version as i64)
+            .map_err(err)?;
+        tx.commit().map_err(err)?;
+    }
+    Ok(())
+}
+
+/// A transaction scoped to one account and region. Every query goes through it.
+pub struct Tx<'c> {
+    tx: rusqlite::Transaction<'c>,
+    pub account: String,
+    pub region: String,
+}
+
+impl Tx<'_> {
+    pub fn get<T: DeserializeOwned>(&self, kind: &str, id: &str) -> Result<Option<T>, ApiError> {
+        let body: Option<String> = self
+            .tx
+            .query_row(
+                "SELECT body FROM resources WHERE account=?1 AND region=?2 AND kind=?3 AND id=?4",
+                params![self.account, self.region, kind, id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        body.map(|b| serde_json::from_str(&b).map_err(ApiError::from))
+            .transpose()
+    }
+
+    pub fn exists(&self, kind: &str, id: &str) -> Result<bool, ApiError> {
+        Ok(self
+            .tx
+            .query_row(
+                "SELECT 1 FROM resources WHERE account=?1 AND region=?2 AND kind=?3 AND id=?4",
+                params![self.account, self.region, kind, id],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+    }
+
+    /// Every resource of a kind, oldest first.
+    pub fn list<T: DeserializeOwned>(&self, kind: &str) -> Result<Vec<T>, ApiError> {
+        let mut stmt = self.tx.prepare_cached(
+            "SELECT body FROM resources WHERE account=?1 AND region=?2 AND kind=?3 ORDER BY seq",
+        )?;
+        let rows = stmt.query_map(params![self.account, self.region, kind], |r| {
+            r.get::<_, String>(0)
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(serde_json::from_str(&row?)?);
+        }
+        Ok(out)
+    }
+
+    pub fn insert<T: Serialize>(&self, kind: &str, id: &str, value: &T) -> Result<(), ApiError> {
+        let body = serde_json::to_string(value)?;
+        self.tx.execute(
+            "INSERT INTO resources (account, region, kind, id, seq, body)
+             VALUES (?1, ?2, ?3, ?4, (SELECT COALESCE(MAX(seq), 0) + 1 FROM resources), ?5)",
+            params![self.account, self.region, kind, id, body],
+        )?;
+        Ok(())
+    }
+
+    pub fn update<T: Serialize>(&self, kind: &str, id: &str, value: &T) -> Result<(), ApiError> {
+        let body = serde_json::to_string(value)?;
+        self.tx.execute(
+            "UPDATE resources SET body=?5 WHERE account=?1 AND region=?2 AND kind=?3 AND id=?4",
+            params![self.account, self.region, kind, id, body],
+        )?;
+        Ok(())
+    }
+
+    pub fn delete(&self, kind: &str, id: &str) -> Result<(), ApiError> {
+        self.tx.execute(
+            "DELETE FROM resources WHERE account=?1 AND region=?2 AND kind=?3 AND id=?4",
+            params![self.account, self.region, kind, id],
+        )?;
+        self.tx.execute(
+            "DELETE FROM tags WHERE account=?1 AND region=?2 AND resource_id=?3",
+            params![self.account, self.region, id],
+        )?;
+        Ok(())
+    }
+
+    /// Which kind of resource an id names, if it exists in this scope.
+    pub fn kind_of(&self, id: &str) -> Result<Option<String>, ApiError> {
+        Ok(self
+            .tx
+            .query_row(
+                "SELECT kind FROM resources WHERE account=?1 AND region=?2 AND id=?3",
+                params![self.account, self.region, id],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    pub fn tags(&self, resource_id: &str) -> Result<Vec<Tag>, ApiError> {
+        let mut stmt = self.tx.prepare_cached(
+            "SELECT key, value FROM tags WHERE account=?1 AND region=?2 AND resource_id=?3 ORDER BY key",
+        )?;
+        let rows = stmt.query_map(params![self.account, self.region, resource_id], |r| {
+            Ok(Tag {
+                key: Some(r.get(0)?),
+                value: Some(r.get(1)?),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Tags of every resource in scope: (resource id, tag), ordered by id then key.
+    pub fn all_tags(&self) -> Result<Vec<(String, Tag)>, ApiError> {
+        let mut stmt = self.tx.prepare_cached(
+            "SELECT resource_id, key, value FROM tags WHERE account=?1 AND region=?2
+             ORDER BY resource_id, key",
+        )?;
+        let rows = stmt.query_map(params![self.account, self.region], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                Tag {
+                    key: Some(r.get(1)?),
+                    value: Some(r.get(2)?),
+                },
+            ))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn set_tag(&self, resource_id: &str, key: &str, value: &str) -> Result<(), ApiError> {
+        self.tx.execute(
+            "INSERT INTO tags (account, region, resource_id, key, value) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (account, region, resource_id, key) DO UPDATE SET value=excluded.value",
+            params![self.account, self.region, resource_id, key, value],
+        )?;
+        Ok(())
+    }
+
+    pub fn delete_tag(&self, resource_id: &str, key: &str, value: Option<&str>) -> Result<(), ApiError> {
+        match value {
+            Some(v) => self.tx.execute(
+                "DELETE FROM tags WHERE account=?1 AND region=?2 AND resource_id=?3 AND key=?4 AND value=?5",
+                params![self.account, self.region, resource_id, key, v],
+            )?,
+            None => self.tx.execute(
+                "DELETE FROM tags WHERE account=?1 AND region=?2 AND resource_id=?3 AND key=?4",
+                params![self.account, self.region, resource_id, key],
+            )?,
+        };
+        Ok(())
+    }
+
+    /// A stored response for a ClientToken: (fingerprint of the request, response XML).
+    pub fn idempotent(&self, action: &str, token: &str) -> Result<Option<(String, String)>, ApiError> {
+        Ok(self
+            .tx
+            .query_row(
+                "SELECT fingerprint, response FROM idempotency
+                 WHERE account=?1 AND region=?2 AND action=?3 AND token=?4",
+                params![self.account, self.region, action, token],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?)
+    }
+
+    pub fn remember(&self, action: &str, token: &str, fingerprint: &str, response: &str) -> Result<(), ApiError> {
+        self.tx.execute(
+            "INSERT OR REPLACE INTO idempotency (account, region, action, token, fingerprint, response)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![self.account, self.region, action, token, fingerprint, response],
+        )?;
+        Ok(())
+    }
+
+    /// True the first time it is asked for this scope; used to create the default VPC once.
+    pub fn first_use(&self) -> Result<bool, ApiError> {
+        let n = self.tx.execute(
+            "INSERT OR IGNORE INTO seeded (account, region) VALUES (?1, ?2)",
+            params![self.account, self.region],
+        )?;
+        Ok(n == 1)
+    }
+}
