@@ -1,6 +1,9 @@
 //! Generates `server/src/model/` from botocore's EC2 model.
 //!
-//! Usage: `codegen --model service-2.json[.gz] --ops codegen/operations.txt --out server/src/model/generated.rs [--check]`
+//! Usage:
+//!   `codegen --model service-2.json[.gz] --ops codegen/operations.txt --out server/src/model/generated.rs [--check]`
+//!   `codegen --protocol-tests INPUT_CASES.json OUTPUT_CASES.json --out FILE [--check]`
+//!   (the case files are exported by `conformance/protocol_cases.py export`)
 //!
 //! With `--check` nothing is written; the exit code says whether the committed file is
 //! up to date with the model, so a test can fail when the two drift apart.
@@ -16,7 +19,8 @@ use std::process::ExitCode;
 use serde_json::Value;
 
 struct Args {
-    model: PathBuf,
+    model: Option<PathBuf>,
+    protocol_tests: Option<(PathBuf, PathBuf)>,
     ops: Option<PathBuf>,
     out: PathBuf,
     check: bool,
@@ -29,6 +33,7 @@ fn parse_args() -> Result<Args, String> {
     let mut out = None;
     let mut check = false;
     let mut all_shapes = false;
+    let mut protocol_tests = None;
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -37,11 +42,17 @@ fn parse_args() -> Result<Args, String> {
             "--out" => out = it.next().map(PathBuf::from),
             "--check" => check = true,
             "--all-shapes" => all_shapes = true,
+            "--protocol-tests" => {
+                let i = it.next().ok_or("--protocol-tests needs two files")?;
+                let o = it.next().ok_or("--protocol-tests needs two files")?;
+                protocol_tests = Some((PathBuf::from(i), PathBuf::from(o)));
+            }
             other => return Err(format!("unknown argument {other}")),
         }
     }
     Ok(Args {
-        model: model.ok_or("--model is required")?,
+        model,
+        protocol_tests,
         ops,
         out: out.ok_or("--out is required")?,
         check,
@@ -71,28 +82,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let model = match read_model(&args.model) {
-        Ok(m) => m,
-        Err(e) => {
-            eprintln!("codegen: {e}");
-            return ExitCode::from(2);
-        }
+    let code = match (&args.protocol_tests, &args.model) {
+        (Some((i, o)), _) => read_model(i)
+            .and_then(|i| read_model(o).map(|o| (i, o)))
+            .and_then(|(i, o)| emit::generate_protocol_tests(&i, &o)),
+        (None, Some(m)) => read_model(m).and_then(|model| model_code(&model, &args)),
+        (None, None) => Err("--model or --protocol-tests is required".to_string()),
     };
-    let selected: BTreeSet<String> = match &args.ops {
-        Some(p) => match std::fs::read_to_string(p) {
-            Ok(s) => s
-                .lines()
-                .map(|l| l.split('#').next().unwrap_or("").trim().to_string())
-                .filter(|l| !l.is_empty())
-                .collect(),
-            Err(e) => {
-                eprintln!("codegen: {}: {e}", p.display());
-                return ExitCode::from(2);
-            }
-        },
-        None => BTreeSet::new(),
-    };
-    let code = match emit::generate(&model, &selected, args.all_shapes) {
+    let code = match code {
         Ok(c) => c,
         Err(e) => {
             eprintln!("codegen: {e}");
@@ -103,9 +100,8 @@ fn main() -> ExitCode {
         let current = std::fs::read_to_string(&args.out).unwrap_or_default();
         if current != code {
             eprintln!(
-                "codegen: {} is stale against {}; run codegen/run",
-                args.out.display(),
-                args.model.display()
+                "codegen: {} is stale against its model; run codegen/run",
+                args.out.display()
             );
             return ExitCode::from(1);
         }
@@ -117,4 +113,17 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     ExitCode::SUCCESS
+}
+
+fn model_code(model: &Value, args: &Args) -> Result<String, String> {
+    let selected: BTreeSet<String> = match &args.ops {
+        Some(p) => std::fs::read_to_string(p)
+            .map_err(|e| format!("{}: {e}", p.display()))?
+            .lines()
+            .map(|l| l.split('#').next().unwrap_or("").trim().to_string())
+            .filter(|l| !l.is_empty())
+            .collect(),
+        None => BTreeSet::new(),
+    };
+    emit::generate(model, &selected, args.all_shapes)
 }

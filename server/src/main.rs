@@ -13,7 +13,11 @@ use ec2d::http::{Server, serve};
 use ec2d::store::Store;
 
 #[derive(Parser)]
-#[command(name = "ec2d", version, about = "An AWS-compatible EC2 emulator whose instances are real machines")]
+#[command(
+    name = "ec2d",
+    version,
+    about = "An AWS-compatible EC2 emulator whose instances are real machines"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -58,6 +62,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     match cli.command {
@@ -76,7 +81,11 @@ fn keyring(args: &ServeArgs) -> Result<Keyring, String> {
     let mut keys = Keyring::with_defaults();
     if let Some(path) = &args.credentials_file {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+        for line in text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        {
             keys.add_spec(line)?;
         }
     }
@@ -88,8 +97,12 @@ fn keyring(args: &ServeArgs) -> Result<Keyring, String> {
 
 fn run_serve(args: ServeArgs) -> Result<(), String> {
     let keys = keyring(&args)?;
-    std::fs::create_dir_all(&args.data_dir)
-        .map_err(|e| format!("cannot create data directory {}: {e}", args.data_dir.display()))?;
+    std::fs::create_dir_all(&args.data_dir).map_err(|e| {
+        format!(
+            "cannot create data directory {}: {e}",
+            args.data_dir.display()
+        )
+    })?;
     let store = Store::open(&args.data_dir.join("ec2d.sqlite")).map_err(|e| e.to_string())?;
     let server = Arc::new(Server {
         api: Api::new(store),
@@ -119,13 +132,14 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {},
             _ = term.recv() => {},

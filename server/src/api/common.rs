@@ -21,7 +21,9 @@ pub fn is_valid_id(prefix: &str, id: &str) -> bool {
     match id.strip_prefix(prefix).and_then(|r| r.strip_prefix('-')) {
         Some(hex) => {
             (hex.len() == 8 || hex.len() == 17)
-                && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+                && hex
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         }
         None => false,
     }
@@ -188,7 +190,10 @@ pub fn ids_or_pages<T>(ids: &Option<Vec<T>>, max: Option<i32>, what: &str) -> Re
 }
 
 fn check_tag(t: &Tag) -> Result<(&str, &str), ApiError> {
-    let key = t.key.as_deref().ok_or_else(|| ApiError::missing("Tag.Key"))?;
+    let key = t
+        .key
+        .as_deref()
+        .ok_or_else(|| ApiError::missing("Tag.Key"))?;
     let value = t.value.as_deref().unwrap_or("");
     if key.is_empty() || key.chars().count() > 128 {
         return Err(ApiError::invalid_value(

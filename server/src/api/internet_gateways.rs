@@ -8,15 +8,21 @@ use crate::api::{Ctx, vpcs};
 use crate::error::ApiError;
 use crate::model::{
     AttachInternetGatewayRequest, CreateInternetGatewayRequest, CreateInternetGatewayResult,
-    DeleteInternetGatewayRequest, DescribeInternetGatewaysRequest,
-    DescribeInternetGatewaysResult, DetachInternetGatewayRequest, InternetGateway,
-    InternetGatewayAttachment,
+    DeleteInternetGatewayRequest, DescribeInternetGatewaysRequest, DescribeInternetGatewaysResult,
+    DetachInternetGatewayRequest, InternetGateway, InternetGatewayAttachment,
 };
 
 pub const KIND: &str = "internet-gateway";
 
 fn load_igw(ctx: &Ctx, id: &str) -> Result<InternetGateway, ApiError> {
-    load(ctx.tx, KIND, "igw", "InternetGateway", "internetGateway", id)
+    load(
+        ctx.tx,
+        KIND,
+        "igw",
+        "InternetGateway",
+        "internetGateway",
+        id,
+    )
 }
 
 fn new_igw(ctx: &Ctx) -> InternetGateway {
@@ -29,7 +35,10 @@ fn new_igw(ctx: &Ctx) -> InternetGateway {
 }
 
 fn attached_vpc(igw: &InternetGateway) -> Option<&str> {
-    igw.attachments.iter().flatten().find_map(|a| a.vpc_id.as_deref())
+    igw.attachments
+        .iter()
+        .flatten()
+        .find_map(|a| a.vpc_id.as_deref())
 }
 
 /// An internet gateway already attached to a VPC (for the default VPC).

@@ -178,7 +178,9 @@ fn dispatch(call: Call<'_>) -> Result<String, ApiError> {
         "DescribeAvailabilityZones" => call.run(regions::describe_availability_zones),
         "DescribeAccountAttributes" => call.run(regions::describe_account_attributes),
         "DescribeInstanceTypes" => call.run(instance_types::describe_instance_types),
-        "DescribeInstanceTypeOfferings" => call.run(instance_types::describe_instance_type_offerings),
+        "DescribeInstanceTypeOfferings" => {
+            call.run(instance_types::describe_instance_type_offerings)
+        }
         "CreateKeyPair" => call.run(key_pairs::create_key_pair),
         "ImportKeyPair" => call.run(key_pairs::import_key_pair),
         "DescribeKeyPairs" => call.run(key_pairs::describe_key_pairs),

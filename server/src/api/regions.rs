@@ -32,7 +32,11 @@ pub fn describe_regions(
         if !names.is_empty() && !names.iter().any(|n| n == r.name) {
             continue;
         }
-        let opt_in = if r.opt_in { "opted-in" } else { "opt-in-not-required" };
+        let opt_in = if r.opt_in {
+            "opted-in"
+        } else {
+            "opt-in-not-required"
+        };
         let values = |f: &str| match f {
             "endpoint" => Some(vec![r.endpoint()]),
             "region-name" => Some(vec![r.name.to_string()]),
@@ -94,9 +98,8 @@ pub fn describe_availability_zones(
     }
     let mut out = Vec::new();
     for z in zones {
-        let selected = (names.is_empty() && ids.is_empty())
-            || names.contains(&z.name)
-            || ids.contains(&z.id);
+        let selected =
+            (names.is_empty() && ids.is_empty()) || names.contains(&z.name) || ids.contains(&z.id);
         if !selected {
             continue;
         }

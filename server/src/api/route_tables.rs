@@ -7,12 +7,11 @@ use crate::api::common::{
 use crate::api::{Ctx, internet_gateways, subnets, vpcs};
 use crate::error::ApiError;
 use crate::model::{
-    AssociateRouteTableRequest, AssociateRouteTableResult, CreateRouteRequest,
-    CreateRouteResult, CreateRouteTableRequest, CreateRouteTableResult, DeleteRouteRequest,
-    DeleteRouteTableRequest, DescribeRouteTablesRequest, DescribeRouteTablesResult,
-    DisassociateRouteTableRequest, ReplaceRouteRequest, ReplaceRouteTableAssociationRequest,
-    ReplaceRouteTableAssociationResult, Route, RouteTable, RouteTableAssociation,
-    RouteTableAssociationState,
+    AssociateRouteTableRequest, AssociateRouteTableResult, CreateRouteRequest, CreateRouteResult,
+    CreateRouteTableRequest, CreateRouteTableResult, DeleteRouteRequest, DeleteRouteTableRequest,
+    DescribeRouteTablesRequest, DescribeRouteTablesResult, DisassociateRouteTableRequest,
+    ReplaceRouteRequest, ReplaceRouteTableAssociationRequest, ReplaceRouteTableAssociationResult,
+    Route, RouteTable, RouteTableAssociation, RouteTableAssociationState,
 };
 
 pub const KIND: &str = "route-table";
@@ -135,7 +134,12 @@ pub fn create_route_table(
     );
     let id = t.route_table_id.clone().unwrap_or_default();
     ctx.tx.insert(KIND, &id, &t)?;
-    apply_tag_specs(ctx.tx, &id, "route-table", input.tag_specifications.as_ref())?;
+    apply_tag_specs(
+        ctx.tx,
+        &id,
+        "route-table",
+        input.tag_specifications.as_ref(),
+    )?;
     t.tags = tag_set(ctx.tx, &id)?;
     Ok(CreateRouteTableResult {
         route_table: Some(t),
@@ -284,9 +288,7 @@ pub fn create_route(ctx: &Ctx, input: CreateRouteRequest) -> Result<CreateRouteR
     {
         return Err(ApiError::new(
             "RouteAlreadyExists",
-            format!(
-                "The route identified by {dest} already exists."
-            ),
+            format!("The route identified by {dest} already exists."),
         ));
     }
     let route = build_route(
@@ -417,7 +419,10 @@ pub fn associate_route_table(
             if taken {
                 return Err(ApiError::new(
                     "Resource.AlreadyAssociated",
-                    format!("the specified association for route table {} conflicts with an existing association", input.route_table_id),
+                    format!(
+                        "the specified association for route table {} conflicts with an existing association",
+                        input.route_table_id
+                    ),
                 ));
             }
             assoc.subnet_id = Some(subnet_id.clone());
@@ -575,9 +580,7 @@ pub fn describe_route_tables(
                 "association.main" => from_assoc(|a| Some(bool_str(a.main))),
                 "owner-id" => t.owner_id.iter().cloned().collect(),
                 "route-table-id" => vec![id.clone()],
-                "route.destination-cidr-block" => {
-                    from_route(|r| r.destination_cidr_block.clone())
-                }
+                "route.destination-cidr-block" => from_route(|r| r.destination_cidr_block.clone()),
                 "route.destination-ipv6-cidr-block" => {
                     from_route(|r| r.destination_ipv6_cidr_block.clone())
                 }

@@ -7,8 +7,7 @@ use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
 use crate::api::common::{
-    apply_tag_specs, check_id, ids_or_pages, matches, new_id, paginate, tag_set,
-    validate_filters,
+    apply_tag_specs, check_id, ids_or_pages, matches, new_id, paginate, tag_set, validate_filters,
 };
 use crate::api::{Ctx, subnets, vpcs};
 use crate::error::ApiError;
@@ -16,13 +15,12 @@ use crate::model::{
     AuthorizeSecurityGroupEgressRequest, AuthorizeSecurityGroupEgressResult,
     AuthorizeSecurityGroupIngressRequest, AuthorizeSecurityGroupIngressResult,
     CreateSecurityGroupRequest, CreateSecurityGroupResult, DeleteSecurityGroupRequest,
-    DeleteSecurityGroupResult, DescribeSecurityGroupRulesRequest,
-    DescribeSecurityGroupRulesResult, DescribeSecurityGroupsRequest,
-    DescribeSecurityGroupsResult, IpPermission, IpRange, Ipv6Range, PrefixListId,
-    ReferencedSecurityGroup, RevokeSecurityGroupEgressRequest, RevokeSecurityGroupEgressResult,
-    RevokeSecurityGroupIngressRequest, RevokeSecurityGroupIngressResult,
-    RevokedSecurityGroupRule, SecurityGroup, SecurityGroupRule, Tag, TagSpecification,
-    UserIdGroupPair,
+    DeleteSecurityGroupResult, DescribeSecurityGroupRulesRequest, DescribeSecurityGroupRulesResult,
+    DescribeSecurityGroupsRequest, DescribeSecurityGroupsResult, IpPermission, IpRange, Ipv6Range,
+    PrefixListId, ReferencedSecurityGroup, RevokeSecurityGroupEgressRequest,
+    RevokeSecurityGroupEgressResult, RevokeSecurityGroupIngressRequest,
+    RevokeSecurityGroupIngressResult, RevokedSecurityGroupRule, SecurityGroup, SecurityGroupRule,
+    Tag, TagSpecification, UserIdGroupPair,
 };
 
 pub const KIND: &str = "security-group";
@@ -35,7 +33,11 @@ pub struct GroupRecord {
 }
 
 fn group_arn(ctx: &Ctx, id: &str) -> String {
-    format!("arn:aws:ec2:{}:{}:security-group/{id}", ctx.region(), ctx.account())
+    format!(
+        "arn:aws:ec2:{}:{}:security-group/{id}",
+        ctx.region(),
+        ctx.account()
+    )
 }
 
 fn groups(ctx: &Ctx) -> Result<Vec<GroupRecord>, ApiError> {
@@ -46,7 +48,13 @@ fn rules(ctx: &Ctx) -> Result<Vec<SecurityGroupRule>, ApiError> {
     ctx.tx.list(RULE_KIND)
 }
 
-fn insert_group(ctx: &Ctx, vpc_id: &str, name: &str, description: &str, is_default: bool) -> Result<String, ApiError> {
+fn insert_group(
+    ctx: &Ctx,
+    vpc_id: &str,
+    name: &str,
+    description: &str,
+    is_default: bool,
+) -> Result<String, ApiError> {
     let id = new_id("sg");
     let rec = GroupRecord {
         group: SecurityGroup {
@@ -62,14 +70,26 @@ fn insert_group(ctx: &Ctx, vpc_id: &str, name: &str, description: &str, is_defau
     };
     ctx.tx.insert(KIND, &id, &rec)?;
     // Every new group may send anywhere until told otherwise.
-    insert_rule(ctx, &id, true, Rule::all_to(Source::Cidr4("0.0.0.0/0".into())), None)?;
+    insert_rule(
+        ctx,
+        &id,
+        true,
+        Rule::all_to(Source::Cidr4("0.0.0.0/0".into())),
+        None,
+    )?;
     Ok(id)
 }
 
 /// A VPC's default group: all egress, and all ingress from members of itself.
 pub fn create_default_group(ctx: &Ctx, vpc_id: &str) -> Result<String, ApiError> {
     let id = insert_group(ctx, vpc_id, "default", "default VPC security group", true)?;
-    insert_rule(ctx, &id, false, Rule::all_to(Source::Group(id.clone())), None)?;
+    insert_rule(
+        ctx,
+        &id,
+        false,
+        Rule::all_to(Source::Group(id.clone())),
+        None,
+    )?;
     Ok(id)
 }
 
@@ -94,7 +114,10 @@ pub fn count_removable_in_vpc(ctx: &Ctx, vpc_id: &str) -> Result<usize, ApiError
 fn delete_rules_of(ctx: &Ctx, group_id: &str) -> Result<(), ApiError> {
     for r in rules(ctx)? {
         if r.group_id.as_deref() == Some(group_id) {
-            ctx.tx.delete(RULE_KIND, r.security_group_rule_id.as_deref().unwrap_or_default())?;
+            ctx.tx.delete(
+                RULE_KIND,
+                r.security_group_rule_id.as_deref().unwrap_or_default(),
+            )?;
         }
     }
     Ok(())
@@ -105,19 +128,27 @@ fn find_group(ctx: &Ctx, id: Option<&str>, name: Option<&str>) -> Result<GroupRe
     match (id, name) {
         (Some(id), _) => {
             check_id("sg", "Group", id)?;
-            ctx.tx
-                .get::<GroupRecord>(KIND, id)?
-                .ok_or_else(|| ApiError::new("InvalidGroup.NotFound", format!("The security group '{id}' does not exist")))
+            ctx.tx.get::<GroupRecord>(KIND, id)?.ok_or_else(|| {
+                ApiError::new(
+                    "InvalidGroup.NotFound",
+                    format!("The security group '{id}' does not exist"),
+                )
+            })
         }
         (None, Some(name)) => {
             let default_vpc = vpcs::default_vpc_id(ctx)?;
             groups(ctx)?
                 .into_iter()
-                .find(|g| g.group.group_name.as_deref() == Some(name) && g.group.vpc_id == default_vpc)
+                .find(|g| {
+                    g.group.group_name.as_deref() == Some(name) && g.group.vpc_id == default_vpc
+                })
                 .ok_or_else(|| {
                     ApiError::new(
                         "InvalidGroup.NotFound",
-                        format!("The security group '{name}' does not exist in default VPC '{}'", default_vpc.unwrap_or_default()),
+                        format!(
+                            "The security group '{name}' does not exist in default VPC '{}'",
+                            default_vpc.unwrap_or_default()
+                        ),
                     )
                 })
         }
@@ -131,7 +162,9 @@ pub fn create_security_group(
 ) -> Result<CreateSecurityGroupResult, ApiError> {
     let name = input.group_name.as_str();
     if name.is_empty() || name.len() > 255 {
-        return Err(ApiError::invalid_value("Group name must be 1 to 255 characters long."));
+        return Err(ApiError::invalid_value(
+            "Group name must be 1 to 255 characters long.",
+        ));
     }
     if name.starts_with("sg-") {
         return Err(ApiError::invalid_value(format!(
@@ -145,19 +178,21 @@ pub fn create_security_group(
         ));
     }
     if input.description.len() > 255 {
-        return Err(ApiError::invalid_value("Description must be at most 255 characters long."));
+        return Err(ApiError::invalid_value(
+            "Description must be at most 255 characters long.",
+        ));
     }
     let vpc_id = match input.vpc_id {
         Some(v) => {
             vpcs::load_vpc(ctx, &v)?;
             v
         }
-        None => vpcs::default_vpc_id(ctx)?.ok_or_else(|| {
-            ApiError::new("VPCIdNotSpecified", "No default VPC for this user")
-        })?,
+        None => vpcs::default_vpc_id(ctx)?
+            .ok_or_else(|| ApiError::new("VPCIdNotSpecified", "No default VPC for this user"))?,
     };
     let duplicate = groups(ctx)?.iter().any(|g| {
-        g.group.vpc_id.as_deref() == Some(vpc_id.as_str()) && g.group.group_name.as_deref() == Some(name)
+        g.group.vpc_id.as_deref() == Some(vpc_id.as_str())
+            && g.group.group_name.as_deref() == Some(name)
     });
     if duplicate {
         return Err(ApiError::new(
@@ -166,7 +201,12 @@ pub fn create_security_group(
         ));
     }
     let id = insert_group(ctx, &vpc_id, name, &input.description, false)?;
-    apply_tag_specs(ctx.tx, &id, "security-group", input.tag_specifications.as_ref())?;
+    apply_tag_specs(
+        ctx.tx,
+        &id,
+        "security-group",
+        input.tag_specifications.as_ref(),
+    )?;
     Ok(CreateSecurityGroupResult {
         group_id: Some(id.clone()),
         tags: tag_set(ctx.tx, &id)?,
@@ -188,16 +228,24 @@ pub fn delete_security_group(
     }
     let referenced = rules(ctx)?.iter().any(|r| {
         r.group_id.as_deref() != Some(id.as_str())
-            && r.referenced_group_info.as_ref().and_then(|g| g.group_id.as_deref()) == Some(id.as_str())
+            && r.referenced_group_info
+                .as_ref()
+                .and_then(|g| g.group_id.as_deref())
+                == Some(id.as_str())
     });
     let enis: Vec<serde_json::Value> = ctx.tx.list(subnets::ENI_KIND)?;
     let attached = enis.iter().any(|e| {
         e.get("Groups")
             .and_then(|g| g.as_array())
-            .is_some_and(|gs| gs.iter().any(|g| g.get("GroupId").and_then(|v| v.as_str()) == Some(id.as_str())))
+            .is_some_and(|gs| {
+                gs.iter()
+                    .any(|g| g.get("GroupId").and_then(|v| v.as_str()) == Some(id.as_str()))
+            })
     });
     if referenced || attached {
-        return Err(ApiError::dependency(format!("resource {id} has a dependent object")));
+        return Err(ApiError::dependency(format!(
+            "resource {id} has a dependent object"
+        )));
     }
     delete_rules_of(ctx, &id)?;
     ctx.tx.delete(KIND, &id)?;
@@ -243,9 +291,15 @@ impl Rule {
             Source::Group(g) => g.clone(),
             Source::PrefixList(p) => p.clone(),
         };
-        let proto = if self.protocol == "-1" { "ALL".to_string() } else { self.protocol.to_uppercase() };
+        let proto = if self.protocol == "-1" {
+            "ALL".to_string()
+        } else {
+            self.protocol.to_uppercase()
+        };
         match (self.from, self.to) {
-            (Some(f), Some(t)) => format!("peer: {peer}, {proto}, from port: {f}, to port: {t}, ALLOW"),
+            (Some(f), Some(t)) => {
+                format!("peer: {peer}, {proto}, from port: {f}, to port: {t}, ALLOW")
+            }
             _ => format!("peer: {peer}, {proto}, ALLOW"),
         }
     }
@@ -270,7 +324,11 @@ fn normalise_protocol(p: &str) -> Result<String, ApiError> {
     })
 }
 
-fn ports(protocol: &str, from: Option<i32>, to: Option<i32>) -> Result<(Option<i32>, Option<i32>), ApiError> {
+fn ports(
+    protocol: &str,
+    from: Option<i32>,
+    to: Option<i32>,
+) -> Result<(Option<i32>, Option<i32>), ApiError> {
     match protocol {
         "-1" => Ok((None, None)),
         "tcp" | "udp" => {
@@ -303,27 +361,51 @@ fn ports(protocol: &str, from: Option<i32>, to: Option<i32>) -> Result<(Option<i
 fn expand(ctx: &Ctx, perms: &[IpPermission]) -> Result<Vec<Rule>, ApiError> {
     let mut out = Vec::new();
     for p in perms {
-        let proto = normalise_protocol(p.ip_protocol.as_deref().ok_or_else(|| ApiError::missing("IpPermissions.IpProtocol"))?)?;
+        let proto = normalise_protocol(
+            p.ip_protocol
+                .as_deref()
+                .ok_or_else(|| ApiError::missing("IpPermissions.IpProtocol"))?,
+        )?;
         let (from, to) = ports(&proto, p.from_port, p.to_port)?;
         let mut push = |source: Source, description: Option<String>| {
-            out.push(Rule { protocol: proto.clone(), from, to, source, description });
+            out.push(Rule {
+                protocol: proto.clone(),
+                from,
+                to,
+                source,
+                description,
+            });
         };
         for r in p.ip_ranges.iter().flatten() {
-            let c = r.cidr_ip.clone().ok_or_else(|| ApiError::missing("CidrIp"))?;
-            c.parse::<Ipv4Net>().map_err(|_| ApiError::invalid_value(format!("CIDR block {c} is malformed")))?;
+            let c = r
+                .cidr_ip
+                .clone()
+                .ok_or_else(|| ApiError::missing("CidrIp"))?;
+            c.parse::<Ipv4Net>()
+                .map_err(|_| ApiError::invalid_value(format!("CIDR block {c} is malformed")))?;
             push(Source::Cidr4(c), r.description.clone());
         }
         for r in p.ipv6_ranges.iter().flatten() {
-            let c = r.cidr_ipv6.clone().ok_or_else(|| ApiError::missing("CidrIpv6"))?;
-            c.parse::<Ipv6Net>().map_err(|_| ApiError::invalid_value(format!("CIDR block {c} is malformed")))?;
+            let c = r
+                .cidr_ipv6
+                .clone()
+                .ok_or_else(|| ApiError::missing("CidrIpv6"))?;
+            c.parse::<Ipv6Net>()
+                .map_err(|_| ApiError::invalid_value(format!("CIDR block {c} is malformed")))?;
             push(Source::Cidr6(c), r.description.clone());
         }
         for g in p.user_id_group_pairs.iter().flatten() {
             let target = find_group(ctx, g.group_id.as_deref(), g.group_name.as_deref())?;
-            push(Source::Group(target.group.group_id.unwrap_or_default()), g.description.clone());
+            push(
+                Source::Group(target.group.group_id.unwrap_or_default()),
+                g.description.clone(),
+            );
         }
         for pl in p.prefix_list_ids.iter().flatten() {
-            let id = pl.prefix_list_id.clone().ok_or_else(|| ApiError::missing("PrefixListId"))?;
+            let id = pl
+                .prefix_list_id
+                .clone()
+                .ok_or_else(|| ApiError::missing("PrefixListId"))?;
             check_id("pl", "PrefixList", &id)?;
             push(Source::PrefixList(id), pl.description.clone());
         }
@@ -348,15 +430,30 @@ fn legacy_permission(
         ip_protocol: Some(protocol.unwrap_or_else(|| "-1".into())),
         from_port: from,
         to_port: to,
-        ip_ranges: cidr.map(|c| vec![IpRange { cidr_ip: Some(c), description: None }]),
+        ip_ranges: cidr.map(|c| {
+            vec![IpRange {
+                cidr_ip: Some(c),
+                description: None,
+            }]
+        }),
         user_id_group_pairs: source_name.map(|n| {
-            vec![UserIdGroupPair { group_name: Some(n), user_id: source_owner, ..Default::default() }]
+            vec![UserIdGroupPair {
+                group_name: Some(n),
+                user_id: source_owner,
+                ..Default::default()
+            }]
         }),
         ..Default::default()
     })
 }
 
-fn insert_rule(ctx: &Ctx, group_id: &str, egress: bool, rule: Rule, tags: Option<&Vec<TagSpecification>>) -> Result<SecurityGroupRule, ApiError> {
+fn insert_rule(
+    ctx: &Ctx,
+    group_id: &str,
+    egress: bool,
+    rule: Rule,
+    tags: Option<&Vec<TagSpecification>>,
+) -> Result<SecurityGroupRule, ApiError> {
     let id = new_id("sgr");
     let all = rule.protocol == "-1";
     let mut r = SecurityGroupRule {
@@ -365,7 +462,11 @@ fn insert_rule(ctx: &Ctx, group_id: &str, egress: bool, rule: Rule, tags: Option
         group_owner_id: Some(ctx.account().to_string()),
         is_egress: Some(egress),
         ip_protocol: Some(rule.protocol.clone()),
-        from_port: if all { Some(-1) } else { rule.from.or(Some(-1)) },
+        from_port: if all {
+            Some(-1)
+        } else {
+            rule.from.or(Some(-1))
+        },
         to_port: if all { Some(-1) } else { rule.to.or(Some(-1)) },
         description: rule.description.clone(),
         security_group_rule_arn: Some(format!(
@@ -380,7 +481,10 @@ fn insert_rule(ctx: &Ctx, group_id: &str, egress: bool, rule: Rule, tags: Option
         Source::Cidr6(c) => r.cidr_ipv6 = Some(c),
         Source::PrefixList(p) => r.prefix_list_id = Some(p),
         Source::Group(g) => {
-            let vpc = ctx.tx.get::<GroupRecord>(KIND, &g)?.and_then(|x| x.group.vpc_id);
+            let vpc = ctx
+                .tx
+                .get::<GroupRecord>(KIND, &g)?
+                .and_then(|x| x.group.vpc_id);
             r.referenced_group_info = Some(ReferencedSecurityGroup {
                 group_id: Some(g),
                 user_id: Some(ctx.account().to_string()),
@@ -399,11 +503,22 @@ fn rule_matches_stored(rule: &Rule, r: &SecurityGroupRule) -> bool {
     let src = match &rule.source {
         Source::Cidr4(c) => r.cidr_ipv4.as_deref() == Some(c),
         Source::Cidr6(c) => r.cidr_ipv6.as_deref() == Some(c),
-        Source::Group(g) => r.referenced_group_info.as_ref().and_then(|x| x.group_id.as_deref()) == Some(g),
+        Source::Group(g) => {
+            r.referenced_group_info
+                .as_ref()
+                .and_then(|x| x.group_id.as_deref())
+                == Some(g)
+        }
         Source::PrefixList(p) => r.prefix_list_id.as_deref() == Some(p),
     };
-    let (f, t) = if rule.protocol == "-1" { (Some(-1), Some(-1)) } else { (rule.from.or(Some(-1)), rule.to.or(Some(-1))) };
-    src && r.ip_protocol.as_deref() == Some(rule.protocol.as_str()) && r.from_port == f && r.to_port == t
+    let (f, t) = if rule.protocol == "-1" {
+        (Some(-1), Some(-1))
+    } else {
+        (rule.from.or(Some(-1)), rule.to.or(Some(-1)))
+    };
+    src && r.ip_protocol.as_deref() == Some(rule.protocol.as_str())
+        && r.from_port == f
+        && r.to_port == t
 }
 
 fn authorize(
@@ -424,7 +539,9 @@ fn authorize(
         .collect();
     for (i, w) in wanted.iter().enumerate() {
         let dup_existing = existing.iter().any(|r| rule_matches_stored(w, r));
-        let dup_request = wanted[..i].iter().any(|o| o.protocol == w.protocol && o.from == w.from && o.to == w.to && o.source == w.source);
+        let dup_request = wanted[..i].iter().any(|o| {
+            o.protocol == w.protocol && o.from == w.from && o.to == w.to && o.source == w.source
+        });
         if dup_existing || dup_request {
             return Err(ApiError::new(
                 "InvalidPermission.Duplicate",
@@ -433,7 +550,10 @@ fn authorize(
         }
     }
     if existing.len() + wanted.len() > 60 {
-        return Err(ApiError::new("RulesPerSecurityGroupLimitExceeded", "The maximum number of rules per security group has been reached."));
+        return Err(ApiError::new(
+            "RulesPerSecurityGroupLimitExceeded",
+            "The maximum number of rules per security group has been reached.",
+        ));
     }
     wanted
         .into_iter()
@@ -467,12 +587,15 @@ fn revoke(
         doomed.push(r.clone());
     }
     for w in expand(ctx, &perms)? {
-        let r = existing.iter().find(|r| rule_matches_stored(&w, r)).ok_or_else(|| {
-            ApiError::new(
-                "InvalidPermission.NotFound",
-                "The specified rule does not exist in this security group.",
-            )
-        })?;
+        let r = existing
+            .iter()
+            .find(|r| rule_matches_stored(&w, r))
+            .ok_or_else(|| {
+                ApiError::new(
+                    "InvalidPermission.NotFound",
+                    "The specified rule does not exist in this security group.",
+                )
+            })?;
         doomed.push(r.clone());
     }
     if doomed.is_empty() {
@@ -509,7 +632,14 @@ pub fn authorize_ingress(
 ) -> Result<AuthorizeSecurityGroupIngressResult, ApiError> {
     let group = find_group(ctx, input.group_id.as_deref(), input.group_name.as_deref())?;
     let mut perms = input.ip_permissions.unwrap_or_default();
-    perms.extend(legacy_permission(input.cidr_ip, input.ip_protocol, input.from_port, input.to_port, input.source_security_group_name, input.source_security_group_owner_id));
+    perms.extend(legacy_permission(
+        input.cidr_ip,
+        input.ip_protocol,
+        input.from_port,
+        input.to_port,
+        input.source_security_group_name,
+        input.source_security_group_owner_id,
+    ));
     let rules = authorize(ctx, group, false, perms, input.tag_specifications.as_ref())?;
     Ok(AuthorizeSecurityGroupIngressResult {
         r#return: Some(true),
@@ -523,7 +653,14 @@ pub fn authorize_egress(
 ) -> Result<AuthorizeSecurityGroupEgressResult, ApiError> {
     let group = find_group(ctx, Some(&input.group_id), None)?;
     let mut perms = input.ip_permissions.unwrap_or_default();
-    perms.extend(legacy_permission(input.cidr_ip, input.ip_protocol, input.from_port, input.to_port, input.source_security_group_name, input.source_security_group_owner_id));
+    perms.extend(legacy_permission(
+        input.cidr_ip,
+        input.ip_protocol,
+        input.from_port,
+        input.to_port,
+        input.source_security_group_name,
+        input.source_security_group_owner_id,
+    ));
     let rules = authorize(ctx, group, true, perms, input.tag_specifications.as_ref())?;
     Ok(AuthorizeSecurityGroupEgressResult {
         r#return: Some(true),
@@ -537,7 +674,14 @@ pub fn revoke_ingress(
 ) -> Result<RevokeSecurityGroupIngressResult, ApiError> {
     let group = find_group(ctx, input.group_id.as_deref(), input.group_name.as_deref())?;
     let mut perms = input.ip_permissions.unwrap_or_default();
-    perms.extend(legacy_permission(input.cidr_ip, input.ip_protocol, input.from_port, input.to_port, input.source_security_group_name, input.source_security_group_owner_id));
+    perms.extend(legacy_permission(
+        input.cidr_ip,
+        input.ip_protocol,
+        input.from_port,
+        input.to_port,
+        input.source_security_group_name,
+        input.source_security_group_owner_id,
+    ));
     let revoked = revoke(ctx, group, false, perms, input.security_group_rule_ids)?;
     Ok(RevokeSecurityGroupIngressResult {
         r#return: Some(true),
@@ -552,7 +696,14 @@ pub fn revoke_egress(
 ) -> Result<RevokeSecurityGroupEgressResult, ApiError> {
     let group = find_group(ctx, Some(&input.group_id), None)?;
     let mut perms = input.ip_permissions.unwrap_or_default();
-    perms.extend(legacy_permission(input.cidr_ip, input.ip_protocol, input.from_port, input.to_port, input.source_security_group_name, input.source_security_group_owner_id));
+    perms.extend(legacy_permission(
+        input.cidr_ip,
+        input.ip_protocol,
+        input.from_port,
+        input.to_port,
+        input.source_security_group_name,
+        input.source_security_group_owner_id,
+    ));
     let revoked = revoke(ctx, group, true, perms, input.security_group_rule_ids)?;
     Ok(RevokeSecurityGroupEgressResult {
         r#return: Some(true),
@@ -567,8 +718,15 @@ fn permissions(rules: &[&SecurityGroupRule]) -> Vec<IpPermission> {
     let mut out: Vec<IpPermission> = Vec::new();
     for r in rules {
         let all = r.ip_protocol.as_deref() == Some("-1");
-        let (from, to) = if all { (None, None) } else { (r.from_port, r.to_port) };
-        let idx = match out.iter().position(|p| p.ip_protocol == r.ip_protocol && p.from_port == from && p.to_port == to) {
+        let (from, to) = if all {
+            (None, None)
+        } else {
+            (r.from_port, r.to_port)
+        };
+        let idx = match out
+            .iter()
+            .position(|p| p.ip_protocol == r.ip_protocol && p.from_port == from && p.to_port == to)
+        {
             Some(i) => i,
             None => {
                 out.push(IpPermission {
@@ -585,21 +743,34 @@ fn permissions(rules: &[&SecurityGroupRule]) -> Vec<IpPermission> {
         };
         let p = &mut out[idx];
         if let Some(c) = &r.cidr_ipv4 {
-            p.ip_ranges.get_or_insert_with(Vec::new).push(IpRange { cidr_ip: Some(c.clone()), description: r.description.clone() });
+            p.ip_ranges.get_or_insert_with(Vec::new).push(IpRange {
+                cidr_ip: Some(c.clone()),
+                description: r.description.clone(),
+            });
         }
         if let Some(c) = &r.cidr_ipv6 {
-            p.ipv6_ranges.get_or_insert_with(Vec::new).push(Ipv6Range { cidr_ipv6: Some(c.clone()), description: r.description.clone() });
+            p.ipv6_ranges.get_or_insert_with(Vec::new).push(Ipv6Range {
+                cidr_ipv6: Some(c.clone()),
+                description: r.description.clone(),
+            });
         }
         if let Some(pl) = &r.prefix_list_id {
-            p.prefix_list_ids.get_or_insert_with(Vec::new).push(PrefixListId { prefix_list_id: Some(pl.clone()), description: r.description.clone() });
+            p.prefix_list_ids
+                .get_or_insert_with(Vec::new)
+                .push(PrefixListId {
+                    prefix_list_id: Some(pl.clone()),
+                    description: r.description.clone(),
+                });
         }
         if let Some(g) = &r.referenced_group_info {
-            p.user_id_group_pairs.get_or_insert_with(Vec::new).push(UserIdGroupPair {
-                user_id: g.user_id.clone(),
-                group_id: g.group_id.clone(),
-                description: r.description.clone(),
-                ..Default::default()
-            });
+            p.user_id_group_pairs
+                .get_or_insert_with(Vec::new)
+                .push(UserIdGroupPair {
+                    user_id: g.user_id.clone(),
+                    group_id: g.group_id.clone(),
+                    description: r.description.clone(),
+                    ..Default::default()
+                });
         }
     }
     out
@@ -631,19 +802,53 @@ const GROUP_FILTERS: &[&str] = &[
     "vpc-id",
 ];
 
-fn permission_values(perms: &[IpPermission], what: &str, names: &dyn Fn(&str) -> Option<String>) -> Vec<String> {
+fn permission_values(
+    perms: &[IpPermission],
+    what: &str,
+    names: &dyn Fn(&str) -> Option<String>,
+) -> Vec<String> {
     let mut out = Vec::new();
     for p in perms {
         match what {
-            "cidr" => out.extend(p.ip_ranges.iter().flatten().filter_map(|r| r.cidr_ip.clone())),
-            "ipv6-cidr" => out.extend(p.ipv6_ranges.iter().flatten().filter_map(|r| r.cidr_ipv6.clone())),
+            "cidr" => out.extend(
+                p.ip_ranges
+                    .iter()
+                    .flatten()
+                    .filter_map(|r| r.cidr_ip.clone()),
+            ),
+            "ipv6-cidr" => out.extend(
+                p.ipv6_ranges
+                    .iter()
+                    .flatten()
+                    .filter_map(|r| r.cidr_ipv6.clone()),
+            ),
             "from-port" => out.push(p.from_port.unwrap_or(-1).to_string()),
             "to-port" => out.push(p.to_port.unwrap_or(-1).to_string()),
             "protocol" => out.extend(p.ip_protocol.clone()),
-            "group-id" => out.extend(p.user_id_group_pairs.iter().flatten().filter_map(|g| g.group_id.clone())),
-            "group-name" => out.extend(p.user_id_group_pairs.iter().flatten().filter_map(|g| g.group_id.as_deref().and_then(names))),
-            "user-id" => out.extend(p.user_id_group_pairs.iter().flatten().filter_map(|g| g.user_id.clone())),
-            "prefix-list-id" => out.extend(p.prefix_list_ids.iter().flatten().filter_map(|g| g.prefix_list_id.clone())),
+            "group-id" => out.extend(
+                p.user_id_group_pairs
+                    .iter()
+                    .flatten()
+                    .filter_map(|g| g.group_id.clone()),
+            ),
+            "group-name" => out.extend(
+                p.user_id_group_pairs
+                    .iter()
+                    .flatten()
+                    .filter_map(|g| g.group_id.as_deref().and_then(names)),
+            ),
+            "user-id" => out.extend(
+                p.user_id_group_pairs
+                    .iter()
+                    .flatten()
+                    .filter_map(|g| g.user_id.clone()),
+            ),
+            "prefix-list-id" => out.extend(
+                p.prefix_list_ids
+                    .iter()
+                    .flatten()
+                    .filter_map(|g| g.prefix_list_id.clone()),
+            ),
             _ => {}
         }
     }
@@ -666,7 +871,12 @@ pub fn describe_security_groups(
         let g = all_groups
             .iter()
             .find(|g| g.group.group_id.as_deref() == Some(id.as_str()))
-            .ok_or_else(|| ApiError::new("InvalidGroup.NotFound", format!("The security group '{id}' does not exist")))?;
+            .ok_or_else(|| {
+                ApiError::new(
+                    "InvalidGroup.NotFound",
+                    format!("The security group '{id}' does not exist"),
+                )
+            })?;
         selected.push(g.clone());
     }
     for name in &names {
@@ -686,9 +896,20 @@ pub fn describe_security_groups(
     for rec in selected {
         let mut g = rec.group;
         let id = g.group_id.clone().unwrap_or_default();
-        let mine: Vec<&SecurityGroupRule> = all_rules.iter().filter(|r| r.group_id.as_deref() == Some(id.as_str())).collect();
-        let ingress: Vec<&SecurityGroupRule> = mine.iter().copied().filter(|r| r.is_egress != Some(true)).collect();
-        let egress: Vec<&SecurityGroupRule> = mine.iter().copied().filter(|r| r.is_egress == Some(true)).collect();
+        let mine: Vec<&SecurityGroupRule> = all_rules
+            .iter()
+            .filter(|r| r.group_id.as_deref() == Some(id.as_str()))
+            .collect();
+        let ingress: Vec<&SecurityGroupRule> = mine
+            .iter()
+            .copied()
+            .filter(|r| r.is_egress != Some(true))
+            .collect();
+        let egress: Vec<&SecurityGroupRule> = mine
+            .iter()
+            .copied()
+            .filter(|r| r.is_egress == Some(true))
+            .collect();
         g.ip_permissions = Some(permissions(&ingress));
         g.ip_permissions_egress = Some(permissions(&egress));
         let tags = ctx.tx.tags(&id)?;
@@ -702,9 +923,17 @@ pub fn describe_security_groups(
                 "vpc-id" => one(&g.vpc_id),
                 other => {
                     if let Some(what) = other.strip_prefix("egress.ip-permission.") {
-                        permission_values(g.ip_permissions_egress.as_deref().unwrap_or_default(), what, &name_of)
+                        permission_values(
+                            g.ip_permissions_egress.as_deref().unwrap_or_default(),
+                            what,
+                            &name_of,
+                        )
                     } else if let Some(what) = other.strip_prefix("ip-permission.") {
-                        permission_values(g.ip_permissions.as_deref().unwrap_or_default(), what, &name_of)
+                        permission_values(
+                            g.ip_permissions.as_deref().unwrap_or_default(),
+                            what,
+                            &name_of,
+                        )
                     } else {
                         Vec::new()
                     }
@@ -735,7 +964,10 @@ pub fn describe_security_group_rules(
     let all = rules(ctx)?;
     for id in &ids {
         check_id("sgr", "SecurityGroupRule", id)?;
-        if !all.iter().any(|r| r.security_group_rule_id.as_deref() == Some(id.as_str())) {
+        if !all
+            .iter()
+            .any(|r| r.security_group_rule_id.as_deref() == Some(id.as_str()))
+        {
             return Err(ApiError::new(
                 "InvalidSecurityGroupRuleId.NotFound",
                 format!("The security group rule ID '{id}' does not exist"),
@@ -767,4 +999,3 @@ pub fn describe_security_group_rules(
         next_token: next,
     })
 }
-

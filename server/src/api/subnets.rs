@@ -92,16 +92,17 @@ fn overlaps(a: Ipv4Net, b: Ipv4Net) -> bool {
     a.contains(&b.network()) || b.contains(&a.network())
 }
 
-pub fn create_subnet(ctx: &Ctx, input: CreateSubnetRequest) -> Result<CreateSubnetResult, ApiError> {
+pub fn create_subnet(
+    ctx: &Ctx,
+    input: CreateSubnetRequest,
+) -> Result<CreateSubnetResult, ApiError> {
     let vpc = vpcs::load_vpc(ctx, &input.vpc_id)?;
     let cidr_s = input
         .cidr_block
         .as_deref()
         .ok_or_else(|| ApiError::missing("CidrBlock"))?;
     let cidr = parse_cidr(cidr_s, "cidrBlock")?;
-    let inside = vpc_cidrs(&vpc)
-        .iter()
-        .any(|v| v.contains(&cidr));
+    let inside = vpc_cidrs(&vpc).iter().any(|v| v.contains(&cidr));
     if !inside || !(16..=28).contains(&cidr.prefix_len()) {
         return Err(ApiError::new(
             "InvalidSubnet.Range",
@@ -277,7 +278,11 @@ pub fn modify_subnet_attribute(
     }
     if let Some(a) = &input.assign_ipv6_address_on_creation {
         let v = value(a, "AssignIpv6AddressOnCreation")?;
-        if v && s.ipv6_cidr_block_association_set.as_ref().is_none_or(Vec::is_empty) {
+        if v && s
+            .ipv6_cidr_block_association_set
+            .as_ref()
+            .is_none_or(Vec::is_empty)
+        {
             return Err(ApiError::invalid_value(
                 "The subnet has no IPv6 CIDR block, so AssignIpv6AddressOnCreation cannot be enabled.",
             ));
@@ -301,7 +306,8 @@ pub fn modify_subnet_attribute(
         changed += 1;
     }
     if let Some(a) = &input.enable_resource_name_dns_a_record_on_launch {
-        dns.enable_resource_name_dns_a_record = Some(value(a, "EnableResourceNameDnsARecordOnLaunch")?);
+        dns.enable_resource_name_dns_a_record =
+            Some(value(a, "EnableResourceNameDnsARecordOnLaunch")?);
         changed += 1;
     }
     if let Some(a) = &input.enable_resource_name_dns_aaaa_record_on_launch {

@@ -3,7 +3,10 @@
 use crate::api::Ctx;
 use crate::api::common::{apply_tags, is_valid_id, matches, paginate, validate_filters};
 use crate::error::ApiError;
-use crate::model::{CreateTagsRequest, DeleteTagsRequest, DescribeTagsRequest, DescribeTagsResult, Tag, TagDescription};
+use crate::model::{
+    CreateTagsRequest, DeleteTagsRequest, DescribeTagsRequest, DescribeTagsResult, Tag,
+    TagDescription,
+};
 
 /// Id prefix → (EC2 resource type, name used in error codes).
 const TYPES: &[(&str, &str, &str)] = &[
@@ -35,7 +38,10 @@ fn check_resources(ctx: &Ctx, ids: &[String]) -> Result<(), ApiError> {
     }
     for id in ids {
         let Some((prefix, _, name)) = type_of(id).filter(|(p, _, _)| is_valid_id(p, id)) else {
-            return Err(ApiError::new("InvalidID", format!("The ID '{id}' is not valid")));
+            return Err(ApiError::new(
+                "InvalidID",
+                format!("The ID '{id}' is not valid"),
+            ));
         };
         let _ = prefix;
         if ctx.tx.kind_of(id)?.is_none() {
@@ -66,12 +72,16 @@ pub fn delete_tags(ctx: &Ctx, input: DeleteTagsRequest) -> Result<(), ApiError> 
             // No tags named: delete them all, as EC2 does.
             None => {
                 for t in ctx.tx.tags(id)? {
-                    ctx.tx.delete_tag(id, t.key.as_deref().unwrap_or_default(), None)?;
+                    ctx.tx
+                        .delete_tag(id, t.key.as_deref().unwrap_or_default(), None)?;
                 }
             }
             Some(tags) => {
                 for t in tags {
-                    let key = t.key.as_deref().ok_or_else(|| ApiError::missing("Tag.Key"))?;
+                    let key = t
+                        .key
+                        .as_deref()
+                        .ok_or_else(|| ApiError::missing("Tag.Key"))?;
                     ctx.tx.delete_tag(id, key, t.value.as_deref())?;
                 }
             }
@@ -82,12 +92,17 @@ pub fn delete_tags(ctx: &Ctx, input: DeleteTagsRequest) -> Result<(), ApiError> 
 
 const FILTERS: &[&str] = &["key", "resource-id", "resource-type", "value"];
 
-pub fn describe_tags(ctx: &Ctx, input: DescribeTagsRequest) -> Result<DescribeTagsResult, ApiError> {
+pub fn describe_tags(
+    ctx: &Ctx,
+    input: DescribeTagsRequest,
+) -> Result<DescribeTagsResult, ApiError> {
     let filters = input.filters.unwrap_or_default();
     validate_filters(&filters, FILTERS)?;
     let mut out = Vec::new();
     for (id, tag) in ctx.tx.all_tags()? {
-        let ty = type_of(&id).map(|(_, t, _)| t.to_string()).unwrap_or_default();
+        let ty = type_of(&id)
+            .map(|(_, t, _)| t.to_string())
+            .unwrap_or_default();
         let key = tag.key.clone().unwrap_or_default();
         let value = tag.value.clone().unwrap_or_default();
         let own = [tag.clone()];

@@ -12,8 +12,7 @@ use crate::error::ApiError;
 use crate::model::{
     AttributeBooleanValue, CreateVpcRequest, CreateVpcResult, DeleteVpcRequest,
     DescribeVpcAttributeRequest, DescribeVpcAttributeResult, DescribeVpcsRequest,
-    DescribeVpcsResult, ModifyVpcAttributeRequest, Vpc, VpcCidrBlockAssociation,
-    VpcCidrBlockState,
+    DescribeVpcsResult, ModifyVpcAttributeRequest, Vpc, VpcCidrBlockAssociation, VpcCidrBlockState,
 };
 use crate::regions;
 
@@ -112,9 +111,10 @@ pub fn default_vpc_id(ctx: &Ctx) -> Result<Option<String>, ApiError> {
 }
 
 pub fn create_vpc(ctx: &Ctx, input: CreateVpcRequest) -> Result<CreateVpcResult, ApiError> {
-    let cidr_s = input.cidr_block.as_deref().ok_or_else(|| {
-        ApiError::missing("CidrBlock")
-    })?;
+    let cidr_s = input
+        .cidr_block
+        .as_deref()
+        .ok_or_else(|| ApiError::missing("CidrBlock"))?;
     let cidr = parse_cidr(cidr_s, "cidrBlock")?;
     if !(16..=28).contains(&cidr.prefix_len()) {
         return Err(ApiError::new(
@@ -155,7 +155,10 @@ const FILTERS: &[&str] = &[
     "vpc-id",
 ];
 
-pub fn describe_vpcs(ctx: &Ctx, input: DescribeVpcsRequest) -> Result<DescribeVpcsResult, ApiError> {
+pub fn describe_vpcs(
+    ctx: &Ctx,
+    input: DescribeVpcsRequest,
+) -> Result<DescribeVpcsResult, ApiError> {
     let filters = input.filters.unwrap_or_default();
     validate_filters(&filters, FILTERS)?;
     ids_or_pages(&input.vpc_ids, input.max_results, "vpcIds")?;
@@ -166,7 +169,14 @@ pub fn describe_vpcs(ctx: &Ctx, input: DescribeVpcsRequest) -> Result<DescribeVp
                 vpcs.push(load_vpc(ctx, id)?.vpc);
             }
         }
-        _ => vpcs = ctx.tx.list::<VpcRecord>(KIND)?.into_iter().map(|r| r.vpc).collect(),
+        _ => {
+            vpcs = ctx
+                .tx
+                .list::<VpcRecord>(KIND)?
+                .into_iter()
+                .map(|r| r.vpc)
+                .collect()
+        }
     }
     let mut out = Vec::new();
     for mut v in vpcs {
@@ -179,9 +189,10 @@ pub fn describe_vpcs(ctx: &Ctx, input: DescribeVpcsRequest) -> Result<DescribeVp
                 "cidr-block-association.cidr-block" => {
                     assoc.iter().filter_map(|a| a.cidr_block.clone()).collect()
                 }
-                "cidr-block-association.association-id" => {
-                    assoc.iter().filter_map(|a| a.association_id.clone()).collect()
-                }
+                "cidr-block-association.association-id" => assoc
+                    .iter()
+                    .filter_map(|a| a.association_id.clone())
+                    .collect(),
                 "cidr-block-association.state" => assoc
                     .iter()
                     .filter_map(|a| a.cidr_block_state.as_ref()?.state.clone())
@@ -211,8 +222,14 @@ pub fn delete_vpc(ctx: &Ctx, input: DeleteVpcRequest) -> Result<(), ApiError> {
     let id = input.vpc_id;
     let blockers = [
         (subnets::count_in_vpc(ctx, &id)?, "subnets"),
-        (security_groups::count_removable_in_vpc(ctx, &id)?, "security groups"),
-        (internet_gateways::count_attached(ctx, &id)?, "internet gateways"),
+        (
+            security_groups::count_removable_in_vpc(ctx, &id)?,
+            "security groups",
+        ),
+        (
+            internet_gateways::count_attached(ctx, &id)?,
+            "internet gateways",
+        ),
         (route_tables::count_non_main(ctx, &id)?, "route tables"),
     ];
     if let Some((_, what)) = blockers.iter().find(|(n, _)| *n > 0) {

@@ -175,8 +175,11 @@ fn presented(req: &RequestParts<'_>) -> Result<Presented, ApiError> {
         let date = header(req.headers, "x-amz-date").ok_or_else(|| {
             incomplete("Authorization header requires existence of either a 'X-Amz-Date' or a 'Date' header.")
         })?;
-        let time = parse_amz_date(date)
-            .ok_or_else(|| incomplete(format!("Date must be in ISO-8601 'basic format'. Got '{date}'.")))?;
+        let time = parse_amz_date(date).ok_or_else(|| {
+            incomplete(format!(
+                "Date must be in ISO-8601 'basic format'. Got '{date}'."
+            ))
+        })?;
         return Ok(Presented {
             scope,
             signed_headers: fields["SignedHeaders"]
@@ -196,14 +199,19 @@ fn presented(req: &RequestParts<'_>) -> Result<Presented, ApiError> {
             return Err(incomplete("X-Amz-Algorithm must be AWS4-HMAC-SHA256"));
         }
         let get = |k: &str| {
-            q.get(k)
-                .cloned()
-                .ok_or_else(|| incomplete(format!("Query-string authentication requires the {k} parameter.")))
+            q.get(k).cloned().ok_or_else(|| {
+                incomplete(format!(
+                    "Query-string authentication requires the {k} parameter."
+                ))
+            })
         };
         let scope = parse_scope(&get("X-Amz-Credential")?)?;
         let date = get("X-Amz-Date")?;
-        let time = parse_amz_date(&date)
-            .ok_or_else(|| incomplete(format!("X-Amz-Date must be in ISO-8601 'basic format'. Got '{date}'.")))?;
+        let time = parse_amz_date(&date).ok_or_else(|| {
+            incomplete(format!(
+                "X-Amz-Date must be in ISO-8601 'basic format'. Got '{date}'."
+            ))
+        })?;
         let expires: u64 = get("X-Amz-Expires")?
             .parse()
             .ok()
@@ -248,10 +256,7 @@ pub fn verify(keys: &Keyring, req: &RequestParts<'_>, now: SystemTime) -> Result
                 Err(e) => e.duration(),
             };
             if skew > MAX_SKEW {
-                return Err(ApiError::auth(
-                    "RequestExpired",
-                    "Request has expired.",
-                ));
+                return Err(ApiError::auth("RequestExpired", "Request has expired."));
             }
         }
         Some(expires) => {
@@ -267,7 +272,10 @@ pub fn verify(keys: &Keyring, req: &RequestParts<'_>, now: SystemTime) -> Result
     if !regions::is_known(&p.scope.region) {
         return Err(ApiError::auth(
             "AuthFailure",
-            format!("Credential should be scoped to a valid region, not '{}'.", p.scope.region),
+            format!(
+                "Credential should be scoped to a valid region, not '{}'.",
+                p.scope.region
+            ),
         ));
     }
     let key = keys.get(&p.scope.key).ok_or_else(|| {
@@ -295,7 +303,11 @@ pub fn verify(keys: &Keyring, req: &RequestParts<'_>, now: SystemTime) -> Result
     })
 }
 
-fn expected_signature(req: &RequestParts<'_>, p: &Presented, secret: &str) -> Result<String, ApiError> {
+fn expected_signature(
+    req: &RequestParts<'_>,
+    p: &Presented,
+    secret: &str,
+) -> Result<String, ApiError> {
     let host = header(req.headers, "host").unwrap_or("localhost");
     let path_and_query = if p.presign_expires.is_some() {
         strip_presign_params(req.path_and_query)

@@ -41,7 +41,11 @@ fn reply(status: u16, content_type: &str, body: String) -> Response<Body> {
 }
 
 fn error_reply(e: &ApiError, request_id: &str) -> Response<Body> {
-    reply(e.status, "text/xml;charset=UTF-8", xml::error(&e.code, &e.message, request_id))
+    reply(
+        e.status,
+        "text/xml;charset=UTF-8",
+        xml::error(&e.code, &e.message, request_id),
+    )
 }
 
 /// Serves until `shutdown` resolves.
@@ -102,9 +106,18 @@ async fn handle(server: Arc<Server>, _peer: SocketAddr, req: Request<Incoming>) 
         .path_and_query()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "/".to_string());
-    let outcome = ec2_request(&server, &parts.method, &parts.headers, &path_and_query, &body, &request_id);
+    let outcome = ec2_request(
+        &server,
+        &parts.method,
+        &parts.headers,
+        &path_and_query,
+        &body,
+        &request_id,
+    );
     let (resp, action, account) = match outcome {
-        Ok((body, action, account)) => (reply(200, "text/xml;charset=UTF-8", body), action, account),
+        Ok((body, action, account)) => {
+            (reply(200, "text/xml;charset=UTF-8", body), action, account)
+        }
         Err((e, action, account)) => (error_reply(&e, &request_id), action, account),
     };
     tracing::info!(
@@ -154,11 +167,17 @@ fn ec2_request(
     if caller.service != "ec2" {
         return fail(ApiError::auth(
             "AuthFailure",
-            format!("Credential should be scoped to correct service: 'ec2', not '{}'.", caller.service),
+            format!(
+                "Credential should be scoped to correct service: 'ec2', not '{}'.",
+                caller.service
+            ),
         ));
     }
     if action.is_empty() {
-        return fail(ApiError::new("MissingAction", "The request must contain the parameter Action"));
+        return fail(ApiError::new(
+            "MissingAction",
+            "The request must contain the parameter Action",
+        ));
     }
     match version.as_deref() {
         None => return fail(ApiError::missing("Version")),
@@ -166,11 +185,16 @@ fn ec2_request(
         Some(v) => {
             return fail(ApiError::new(
                 "InvalidParameterValue",
-                format!("Value ({v}) for parameter Version is invalid. Only {API_VERSION} is supported."),
+                format!(
+                    "Value ({v}) for parameter Version is invalid. Only {API_VERSION} is supported."
+                ),
             ));
         }
     }
-    match server.api.handle(&caller.account, &caller.region, &action, params, request_id) {
+    match server
+        .api
+        .handle(&caller.account, &caller.region, &action, params, request_id)
+    {
         Ok(body) => Ok((body, action, caller.account)),
         Err(e) => fail(e),
     }
@@ -187,6 +211,10 @@ fn admin(server: &Server, path: &str) -> Response<Body> {
             });
             reply(200, "application/json", body.to_string())
         }
-        _ => reply(404, "application/json", "{\"error\":\"not found\"}".to_string()),
+        _ => reply(
+            404,
+            "application/json",
+            "{\"error\":\"not found\"}".to_string(),
+        ),
     }
 }

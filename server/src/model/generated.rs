@@ -2,7 +2,15 @@
 // change codegen/operations.txt or codegen/src and run `codegen/run`.
 // API version 2016-11-15.
 
-#![allow(clippy::all, dead_code, non_upper_case_globals, unused_imports)]
+#![allow(
+    clippy::all,
+    dead_code,
+    non_upper_case_globals,
+    unused_imports,
+    unused_variables,
+    unused_mut,
+    unreachable_code
+)]
 
 use crate::protocol::query::{self, DecodeError, FromQuery, QueryNode};
 use crate::protocol::types::{Blob, Timestamp};
@@ -6331,7 +6339,7 @@ impl FromQuery for KeyPairInfo {
 
 impl ToXml for KeyPairInfo {
     fn write_members(&self, w: &mut XmlWriter) {
-        w.field("createTime", self.create_time.as_ref());
+        w.timestamp("createTime", self.create_time.as_ref(), "iso8601");
         w.field("keyFingerprint", self.key_fingerprint.as_ref());
         w.field("keyName", self.key_name.as_ref());
         w.field("keyPairId", self.key_pair_id.as_ref());

@@ -58,7 +58,11 @@ impl QueryNode {
     }
 
     /// A member that may be absent.
-    pub fn member<T: FromQuery>(&mut self, path: &str, key: &str) -> Result<Option<T>, DecodeError> {
+    pub fn member<T: FromQuery>(
+        &mut self,
+        path: &str,
+        key: &str,
+    ) -> Result<Option<T>, DecodeError> {
         match self.children.remove(key) {
             Some(child) => T::from_query(child, &join(path, key)).map(Some),
             None => Ok(None),
@@ -100,9 +104,7 @@ fn join(path: &str, key: &str) -> String {
 }
 
 fn invalid(path: &str, value: &str) -> DecodeError {
-    DecodeError::InvalidParameterValue(format!(
-        "Value ({value}) for parameter {path} is invalid."
-    ))
+    DecodeError::InvalidParameterValue(format!("Value ({value}) for parameter {path} is invalid."))
 }
 
 /// Decoding of one generated or scalar type from its node.
@@ -133,11 +135,40 @@ impl FromQuery for i64 {
 impl FromQuery for f64 {
     fn from_query(node: QueryNode, path: &str) -> Result<Self, DecodeError> {
         let s = node.scalar(path)?;
-        s.trim()
-            .parse::<f64>()
-            .ok()
-            .filter(|v| v.is_finite())
-            .ok_or_else(|| invalid(path, &s))
+        match s.trim() {
+            "NaN" => Ok(f64::NAN),
+            "Infinity" => Ok(f64::INFINITY),
+            "-Infinity" => Ok(f64::NEG_INFINITY),
+            t => t
+                .parse::<f64>()
+                .ok()
+                .filter(|v| v.is_finite())
+                .ok_or_else(|| invalid(path, &s)),
+        }
+    }
+}
+
+impl<T: FromQuery> FromQuery for Box<T> {
+    fn from_query(node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        T::from_query(node, path).map(Box::new)
+    }
+}
+
+/// Query maps: `Name.entry.N.key` / `Name.entry.N.value`.
+impl<V: FromQuery> FromQuery for std::collections::BTreeMap<String, V> {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let mut out = std::collections::BTreeMap::new();
+        let entries = node.children.remove("entry").unwrap_or_default();
+        node.finish(path)?;
+        let entry_path = join(path, "entry");
+        for (i, mut e) in entries.children {
+            let p = join(&entry_path, &i);
+            let k: String = e.required(&p, "key")?;
+            let v: V = e.required(&p, "value")?;
+            e.finish(&p)?;
+            out.insert(k, v);
+        }
+        Ok(out)
     }
 }
 
@@ -173,6 +204,10 @@ impl FromQuery for Timestamp {
 /// EC2 lists are always flattened on input: `Name.1`, `Name.2`, … in index order.
 impl<T: FromQuery> FromQuery for Vec<T> {
     fn from_query(node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        // `Name=` with no items is how clients send an empty list.
+        if node.value.as_deref() == Some("") && node.children.is_empty() {
+            return Ok(Vec::new());
+        }
         if node.value.is_some() {
             return Err(DecodeError::UnknownParameter(path.to_string()));
         }

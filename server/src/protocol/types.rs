@@ -26,8 +26,27 @@ impl<'de> Deserialize<'de> for Blob {
 }
 
 /// A model `timestamp`, always UTC with millisecond precision on the wire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 pub struct Timestamp(pub DateTime<Utc>);
+
+/// Accepts RFC 3339 text (what we store) or epoch seconds (what test vectors use).
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Text(String),
+            Number(f64),
+        }
+        let parsed = match Raw::deserialize(d)? {
+            Raw::Text(s) => Timestamp::parse(&s),
+            Raw::Number(n) => {
+                DateTime::from_timestamp_millis((n * 1000.0).round() as i64).map(Timestamp)
+            }
+        };
+        parsed.ok_or_else(|| serde::de::Error::custom("invalid timestamp"))
+    }
+}
 
 impl Default for Timestamp {
     fn default() -> Self {
@@ -43,6 +62,21 @@ impl Timestamp {
     /// `2026-11-26T10:00:00.000Z`, as EC2 prints timestamps.
     pub fn to_iso(&self) -> String {
         self.0.to_rfc3339_opts(SecondsFormat::Millis, true)
+    }
+
+    /// Seconds since the epoch, with a fraction only when there is one.
+    pub fn to_epoch_seconds(&self) -> String {
+        let ms = self.0.timestamp_millis();
+        if ms % 1000 == 0 {
+            (ms / 1000).to_string()
+        } else {
+            format!("{}", ms as f64 / 1000.0)
+        }
+    }
+
+    /// `Tue, 29 Apr 2014 18:30:38 GMT`.
+    pub fn to_http_date(&self) -> String {
+        self.0.format("%a, %d %b %Y %H:%M:%S GMT").to_string()
     }
 
     /// ISO 8601 / RFC 3339, or epoch seconds as botocore sometimes sends.
@@ -67,6 +101,9 @@ mod tests {
     fn iso_has_millis_and_z() {
         let t = Timestamp::parse("2026-11-26T10:00:00Z").unwrap();
         assert_eq!(t.to_iso(), "2026-11-26T10:00:00.000Z");
-        assert_eq!(Timestamp::parse("0").unwrap().to_iso(), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            Timestamp::parse("0").unwrap().to_iso(),
+            "1970-01-01T00:00:00.000Z"
+        );
     }
 }

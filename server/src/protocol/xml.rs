@@ -58,6 +58,61 @@ impl XmlWriter {
         }
     }
 
+    /// `<name><entry><key>k</key><value>v</value></entry>…</name>`, or the entries alone
+    /// when flattened (each named `name`).
+    pub fn map<V: ToXml>(
+        &mut self,
+        name: &str,
+        key: &str,
+        value_name: &str,
+        flattened: bool,
+        value: Option<&std::collections::BTreeMap<String, V>>,
+    ) {
+        let Some(entries) = value else { return };
+        let entry = if flattened { name } else { "entry" };
+        if !flattened {
+            self.open(name);
+        }
+        for (k, v) in entries {
+            self.open(entry);
+            k.write_element(self, key);
+            v.write_element(self, value_name);
+            self.close(entry);
+        }
+        if !flattened {
+            self.close(name);
+        }
+    }
+
+    pub fn timestamp(&mut self, name: &str, value: Option<&Timestamp>, format: &str) {
+        if let Some(t) = value {
+            self.open(name);
+            let text = match format {
+                "unixTimestamp" => t.to_epoch_seconds(),
+                "rfc822" => t.to_http_date(),
+                _ => t.to_iso(),
+            };
+            self.raw(&text);
+            self.close(name);
+        }
+    }
+
+    pub fn nested_list<T: ToXml>(
+        &mut self,
+        name: &str,
+        item: &str,
+        inner_item: &str,
+        value: Option<&Vec<Vec<T>>>,
+    ) {
+        if let Some(lists) = value {
+            self.open(name);
+            for l in lists {
+                self.list(item, inner_item, Some(l));
+            }
+            self.close(name);
+        }
+    }
+
     pub fn flat_list<T: ToXml>(&mut self, item: &str, value: Option<&Vec<T>>) {
         for i in value.into_iter().flatten() {
             i.write_element(self, item);
@@ -104,7 +159,26 @@ macro_rules! display_xml {
         }
     )*};
 }
-display_xml!(i32, i64, f64);
+display_xml!(i32, i64);
+
+/// Non-finite numbers are spelled as the AWS protocols spell them.
+impl ToXml for f64 {
+    fn write_members(&self, w: &mut XmlWriter) {
+        if self.is_nan() {
+            w.raw("NaN");
+        } else if self.is_infinite() {
+            w.raw(if *self > 0.0 { "Infinity" } else { "-Infinity" });
+        } else {
+            w.raw(&self.to_string());
+        }
+    }
+}
+
+impl<T: ToXml> ToXml for Box<T> {
+    fn write_members(&self, w: &mut XmlWriter) {
+        (**self).write_members(w);
+    }
+}
 
 impl ToXml for Blob {
     fn write_members(&self, w: &mut XmlWriter) {

@@ -15,8 +15,7 @@ use crate::error::ApiError;
 use crate::model::Tag;
 
 /// Versioned migrations; the index + 1 is the schema version.
-const MIGRATIONS: &[&str] = &[
-    "CREATE TABLE resources (
+const MIGRATIONS: &[&str] = &["CREATE TABLE resources (
         account TEXT NOT NULL,
         region TEXT NOT NULL,
         kind TEXT NOT NULL,
@@ -46,8 +45,7 @@ const MIGRATIONS: &[&str] = &[
         account TEXT NOT NULL,
         region TEXT NOT NULL,
         PRIMARY KEY (account, region)
-    );",
-];
+    );"];
 
 pub struct Store {
     conn: Mutex<Connection>,
@@ -257,7 +255,12 @@ impl Tx<'_> {
         Ok(())
     }
 
-    pub fn delete_tag(&self, resource_id: &str, key: &str, value: Option<&str>) -> Result<(), ApiError> {
+    pub fn delete_tag(
+        &self,
+        resource_id: &str,
+        key: &str,
+        value: Option<&str>,
+    ) -> Result<(), ApiError> {
         match value {
             Some(v) => self.tx.execute(
                 "DELETE FROM tags WHERE account=?1 AND region=?2 AND resource_id=?3 AND key=?4 AND value=?5",
@@ -272,7 +275,11 @@ impl Tx<'_> {
     }
 
     /// A stored response for a ClientToken: (fingerprint of the request, response XML).
-    pub fn idempotent(&self, action: &str, token: &str) -> Result<Option<(String, String)>, ApiError> {
+    pub fn idempotent(
+        &self,
+        action: &str,
+        token: &str,
+    ) -> Result<Option<(String, String)>, ApiError> {
         Ok(self
             .tx
             .query_row(
@@ -284,7 +291,13 @@ impl Tx<'_> {
             .optional()?)
     }
 
-    pub fn remember(&self, action: &str, token: &str, fingerprint: &str, response: &str) -> Result<(), ApiError> {
+    pub fn remember(
+        &self,
+        action: &str,
+        token: &str,
+        fingerprint: &str,
+        response: &str,
+    ) -> Result<(), ApiError> {
         self.tx.execute(
             "INSERT OR REPLACE INTO idempotency (account, region, action, token, fingerprint, response)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",

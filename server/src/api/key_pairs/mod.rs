@@ -141,7 +141,10 @@ pub fn describe_key_pairs(
     let names = input.key_names.unwrap_or_default();
     let ids = input.key_pair_ids.unwrap_or_default();
     for n in &names {
-        if !keys.iter().any(|k| k.key_name.as_deref() == Some(n.as_str())) {
+        if !keys
+            .iter()
+            .any(|k| k.key_name.as_deref() == Some(n.as_str()))
+        {
             return Err(ApiError::new(
                 "InvalidKeyPair.NotFound",
                 format!("The key pair '{n}' does not exist"),
@@ -150,7 +153,10 @@ pub fn describe_key_pairs(
     }
     for id in &ids {
         check_id("key", "KeyPair", id)?;
-        if !keys.iter().any(|k| k.key_pair_id.as_deref() == Some(id.as_str())) {
+        if !keys
+            .iter()
+            .any(|k| k.key_pair_id.as_deref() == Some(id.as_str()))
+        {
             return Err(ApiError::new(
                 "InvalidKeyPair.NotFound",
                 format!("The key pair '{id}' does not exist"),
