@@ -157,6 +157,10 @@ def aws(endpoint, *args, region="us-east-1", key=DEFAULT_KEY, secret=DEFAULT_SEC
     out, err = io.StringIO(), io.StringIO()
     try:
         driver = create_clidriver()
+        import logging
+
+        for lg in ("awscli", "botocore", "urllib3"):
+            logging.getLogger(lg).setLevel(logging.WARNING)
         if check:
             strict.install(driver.session)
         argv = ["--endpoint-url", endpoint, "ec2", *args]
@@ -175,8 +179,10 @@ def aws(endpoint, *args, region="us-east-1", key=DEFAULT_KEY, secret=DEFAULT_SEC
     if "StrictViolation" in err.getvalue() or "strict-model problems" in err.getvalue():
         raise strict.StrictViolation(err.getvalue())
     parsed = None
-    if so.strip().startswith(("{", "[")):
-        parsed = json.loads(so)
+    try:
+        parsed = json.loads(so) if so.strip() else None
+    except ValueError:
+        parsed = None
     return rc, so, err.getvalue(), parsed
 
 

@@ -32,7 +32,8 @@ Rules for a success response (HTTP 200):
     shape whose ``timestampFormat`` is ``unixTimestamp`` or ``rfc822`` (only in
     protocol-test shapes) must use that form instead;
   * blob: valid base64;
-  * string with an enum: one of the enum values;
+  * string with an enum: one of the enum values (ENUM_EXCEPTIONS lists the
+    documented values EC2 sends outside the model's enum);
   * Content-Type mentions xml (EC2 sends ``text/xml;charset=UTF-8``).
 
 Rules for an error response (HTTP >= 400):
@@ -77,6 +78,11 @@ _RFC822_RE = re.compile(
 _UUID_RE = re.compile(
     r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 )
+# Values real EC2 sends that the model's enum omits, each documented in the EC2 API
+# reference: InternetGatewayAttachment.state is "available" when attached ("For an
+# internet gateway, the state is available when attached to a VPC").
+ENUM_EXCEPTIONS = {("AttachmentStatus", "available")}
+
 _INT_RANGE = {
     "integer": (-(2**31), 2**31 - 1),
     "long": (-(2**63), 2**63 - 1),
@@ -402,7 +408,7 @@ class Validator:
                 p.append(f"{path}: blob is not valid base64")
         elif t in ("string", "character"):
             enum = getattr(shape, "enum", None) if shape is not None else None
-            if enum and v not in enum:
+            if enum and v not in enum and (shape.name, v) not in ENUM_EXCEPTIONS:
                 p.append(f"{path}: {v!r} is not in enum {shape.name} {list(enum)[:8]}...")
         else:
             p.append(f"{path}: unknown shape type {t}")

@@ -180,7 +180,7 @@ def seed(endpoint, n_keys, n_sgs):
     c = harness.client(endpoint, check=False)
     for i in range(n_keys):
         c.create_key_pair(KeyName=f"bench-key-{i}")
-    vpc = c.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"][0]["VpcId"]
+    vpc = c.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"][0]["VpcId"]
     for i in range(n_sgs):
         g = c.create_security_group(GroupName=f"bench-sg-{i}", Description="bench", VpcId=vpc)["GroupId"]
         c.authorize_security_group_ingress(GroupId=g, IpPermissions=[

@@ -132,14 +132,14 @@ def _aws_proc(endpoint, *args, region="us-east-1"):
 
 
 def test_cli_subprocess(endpoint):
-    p = _aws_proc(endpoint, "describe-vpcs", "--filters", "Name=isDefault,Values=true")
+    p = _aws_proc(endpoint, "describe-vpcs", "--filters", "Name=is-default,Values=true")
     assert p.returncode == 0, p.stderr
     vpcs = json.loads(p.stdout)["Vpcs"]
     assert [v["CidrBlock"] for v in vpcs] == ["172.31.0.0/16"]
     p = _aws_proc(endpoint, "describe-security-groups", "--group-names", "default", "--output", "text", region="eu-west-1")
     assert p.returncode == 0 and "default" in p.stdout, p.stderr
     p = _aws_proc(endpoint, "describe-subnets", "--subnet-ids", "subnet-0123456789abcdef0")
-    assert p.returncode == 254 and "InvalidSubnetID.NotFound" in p.stderr, (p.returncode, p.stderr)
+    assert p.returncode == 255 and "InvalidSubnetID.NotFound" in p.stderr, (p.returncode, p.stderr)
 
 
 def test_real_aws_entrypoint(endpoint):

@@ -26,7 +26,7 @@ def snapshot(c, vpc_id):
         "keys": sorted(c.describe_key_pairs(IncludePublicKey=True)["KeyPairs"], key=lambda k: k["KeyName"]),
         "tags": sorted(c.describe_tags(Filters=[{"Name": "key", "Values": ["persist"]}])["Tags"],
                        key=lambda t: t["ResourceId"]),
-        "default": c.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"],
+        "default": c.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"],
         "attr": c.describe_vpc_attribute(VpcId=vpc_id, Attribute="enableDnsHostnames")["EnableDnsHostnames"],
     }
 

@@ -52,7 +52,7 @@ def test_describe_account_attributes(ec2):
     attrs = {a["AttributeName"]: [v["AttributeValue"] for v in a["AttributeValues"]]
              for a in ec2.describe_account_attributes()["AccountAttributes"]}
     assert attrs.get("supported-platforms") == ["VPC"], attrs
-    default_vpc = ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"]
+    default_vpc = ec2.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"]
     assert attrs.get("default-vpc") == [default_vpc[0]["VpcId"]], attrs
     for k in ("max-instances", "vpc-max-security-groups-per-interface", "max-elastic-ips"):
         assert k in attrs and attrs[k][0].isdigit(), (k, attrs)

@@ -239,3 +239,15 @@ def test_hook_raises_through_botocore():
     with pytest.raises(StrictViolation, match="missing item wrapper"):
         client.describe_vpcs()
     assert rec.checked == 1 and rec.problems
+
+
+def test_enum_exception_is_narrow(v):
+    body = vpcs("<internetGatewaySet><item><internetGatewayId>igw-0123456789abcdef0</internetGatewayId>"
+                "<attachmentSet><item><vpcId>vpc-0123456789abcdef0</vpcId><state>{}</state></item></attachmentSet>"
+                "</item></internetGatewaySet>", root="DescribeInternetGatewaysResponse")
+    assert v.validate("DescribeInternetGateways", 200, body.format("available"), XH) == []
+    assert v.validate("DescribeInternetGateways", 200, body.format("attached"), XH) == []
+    one(v.validate("DescribeInternetGateways", 200, body.format("up"), XH), "not in enum")
+    # 'available' is still rejected where the enum does not allow it
+    one(v.validate("DescribeVpcs", 200, vpcs(GOOD_VPC.replace("<state>associated", "<state>available")), XH),
+        "not in enum")

@@ -30,7 +30,7 @@ def vpc(ec2, name):
 
 # ------------------------------------------------------------ default VPC
 def test_default_vpc(ec2):
-    vpcs = ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"]
+    vpcs = ec2.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"]
     assert len(vpcs) == 1
     v = vpcs[0]
     assert v["CidrBlock"] == "172.31.0.0/16" and v["IsDefault"] is True and v["State"] == "available"
@@ -45,7 +45,7 @@ def test_default_vpc(ec2):
 
 
 def test_default_subnets(ec2):
-    vpc_id = ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"][0]["VpcId"]
+    vpc_id = ec2.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"][0]["VpcId"]
     zones = ec2.describe_availability_zones()["AvailabilityZones"]
     subnets = ec2.describe_subnets(Filters=[{"Name": "default-for-az", "Values": ["true"]}])["Subnets"]
     assert len(subnets) == len(zones)
@@ -64,7 +64,7 @@ def test_default_subnets(ec2):
 
 
 def test_default_vpc_plumbing(ec2):
-    vpc_id = ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"][0]["VpcId"]
+    vpc_id = ec2.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"][0]["VpcId"]
     igws = ec2.describe_internet_gateways(Filters=[{"Name": "attachment.vpc-id", "Values": [vpc_id]}])
     igws = igws["InternetGateways"]
     assert len(igws) == 1
