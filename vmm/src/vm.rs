@@ -134,8 +134,9 @@ impl ExitStats {
 
 /// Messages to the supervisor thread.
 enum Ctl {
-    Guest(GuestRequest),
-    Crash(String),
+    /// From the vCPUs of boot number `.0`; stale ones are ignored.
+    Guest(u64, GuestRequest),
+    Crash(u64, String),
     Kill,
     Pause(Sender<bool>),
     Resume,
@@ -199,7 +200,7 @@ impl Vm {
             serial_in: Mutex::new(None),
         });
         let (ctl_tx, ctl_rx) = mpsc::channel();
-        let instance = Instance::build(&config, &shared, ctl_tx.clone())?;
+        let instance = Instance::build(&config, &shared, ctl_tx.clone(), 0)?;
         let sup_shared = shared.clone();
         let sup_tx = ctl_tx.clone();
         let supervisor = std::thread::Builder::new()
@@ -348,6 +349,7 @@ fn supervise(
     tx: Sender<Ctl>,
 ) {
     let mut instance = Some(first);
+    let mut generation = 0u64;
     shared.emit(VmEvent::Started);
     let exit = loop {
         let msg = match rx.recv() {
@@ -375,15 +377,16 @@ fn supervise(
             }
             Ctl::PowerButton => inst.power_button(),
             Ctl::Kill => break VmExit::Killed,
-            Ctl::Crash(reason) => {
+            Ctl::Guest(g, _) | Ctl::Crash(g, _) if g != generation => {}
+            Ctl::Crash(_, reason) => {
                 shared.emit(VmEvent::Crashed(reason.clone()));
                 break VmExit::Crashed(reason);
             }
-            Ctl::Guest(GuestRequest::PowerOff) => {
+            Ctl::Guest(_, GuestRequest::PowerOff) => {
                 shared.emit(VmEvent::PoweredOff);
                 break VmExit::PoweredOff;
             }
-            Ctl::Guest(GuestRequest::Reset) | Ctl::Reboot => {
+            Ctl::Guest(_, GuestRequest::Reset) | Ctl::Reboot => {
                 shared.emit(VmEvent::Rebooted);
                 if let Some(old) = instance.take() {
                     old.teardown();
@@ -391,10 +394,10 @@ fn supervise(
                 if !config.restart_on_reboot {
                     break VmExit::Rebooted;
                 }
-                // Late messages from the old vCPUs (e.g. a second reset
-                // request) must not hit the new boot.
-                while rx.try_recv().is_ok() {}
-                match Instance::build(&config, &shared, tx.clone()) {
+                // Late messages from the old vCPUs (a second vCPU's reset
+                // request, say) carry the old generation and are ignored.
+                generation += 1;
+                match Instance::build(&config, &shared, tx.clone(), generation) {
                     Ok(i) => {
                         instance = Some(i);
                         shared.set_state(VmState::Running);
@@ -455,7 +458,12 @@ struct Instance {
 const RX_POLL: Duration = Duration::from_millis(50);
 
 impl Instance {
-    fn build(cfg: &VmConfig, shared: &Arc<Shared>, ctl_tx: Sender<Ctl>) -> Result<Instance, Error> {
+    fn build(
+        cfg: &VmConfig,
+        shared: &Arc<Shared>,
+        ctl_tx: Sender<Ctl>,
+        generation: u64,
+    ) -> Result<Instance, Error> {
         if cfg.vcpus == 0 || cfg.vcpus > 64 {
             return Err(Error::Config(format!(
                 "vcpus must be 1..=64, not {}",
@@ -528,7 +536,14 @@ impl Instance {
         let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(|e| Error::io("eventfd", e))?;
         vm.register_irqfd(&serial_irq, IRQ_COM1)
             .map_err(Error::Kvm)?;
-        let boot_timer = Arc::new(BootTimer::new(Instant::now()));
+        // The first boot is timed from `Vm::start`, so that the figure includes
+        // VMM setup; reboots from their own start.
+        let t0 = if generation == 0 {
+            shared.started_at
+        } else {
+            Instant::now()
+        };
+        let boot_timer = Arc::new(BootTimer::new(t0));
         *shared.boot_timer.lock().unwrap_or_else(|e| e.into_inner()) = boot_timer.clone();
         let pio = PioDevices::new(
             serial_irq,
@@ -609,7 +624,7 @@ impl Instance {
             let (bus, ctl, tx, sh) = (bus.clone(), ctl.clone(), ctl_tx.clone(), shared.clone());
             let h = std::thread::Builder::new()
                 .name(format!("vcpu{id}"))
-                .spawn(move || run_vcpu(fd, id, bus, ctl, tx, sh))
+                .spawn(move || run_vcpu(fd, id, generation, bus, ctl, tx, sh))
                 .map_err(|e| Error::io("spawning vCPU thread", e))?;
             vcpus.push(h);
         }
@@ -748,6 +763,7 @@ fn net_rx_loop(
 fn run_vcpu(
     mut vcpu: VcpuFd,
     id: usize,
+    generation: u64,
     bus: Arc<Bus>,
     ctl: Arc<VcpuCtl>,
     tx: Sender<Ctl>,
@@ -787,7 +803,7 @@ fn run_vcpu(
                 VcpuExit::IoOut(port, data) => {
                     stats.io_out.fetch_add(1, Ordering::Relaxed);
                     stats.port(port);
-                    bus.pio.write(port, data).map(Ctl::Guest)
+                    bus.pio.write(port, data).map(|r| Ctl::Guest(generation, r))
                 }
                 VcpuExit::MmioRead(addr, data) => {
                     stats.mmio_read.fetch_add(1, Ordering::Relaxed);
@@ -811,38 +827,45 @@ fn run_vcpu(
                     None
                 }
                 // A triple fault: on a PC this resets the machine.
-                VcpuExit::Shutdown => Some(Ctl::Guest(GuestRequest::Reset)),
+                VcpuExit::Shutdown => Some(Ctl::Guest(generation, GuestRequest::Reset)),
                 VcpuExit::SystemEvent(kind, _) => {
                     stats.other.fetch_add(1, Ordering::Relaxed);
                     match kind {
-                        KVM_SYSTEM_EVENT_SHUTDOWN => Some(Ctl::Guest(GuestRequest::PowerOff)),
-                        KVM_SYSTEM_EVENT_RESET => Some(Ctl::Guest(GuestRequest::Reset)),
-                        KVM_SYSTEM_EVENT_CRASH => Some(Ctl::Crash("guest reported a crash".into())),
-                        k => Some(Ctl::Crash(format!("unknown system event {k}"))),
+                        KVM_SYSTEM_EVENT_SHUTDOWN => {
+                            Some(Ctl::Guest(generation, GuestRequest::PowerOff))
+                        }
+                        KVM_SYSTEM_EVENT_RESET => Some(Ctl::Guest(generation, GuestRequest::Reset)),
+                        KVM_SYSTEM_EVENT_CRASH => {
+                            Some(Ctl::Crash(generation, "guest reported a crash".into()))
+                        }
+                        k => Some(Ctl::Crash(generation, format!("unknown system event {k}"))),
                     }
                 }
-                VcpuExit::FailEntry(reason, cpu) => Some(Ctl::Crash(format!(
-                    "vCPU entry failed: reason {reason:#x} on cpu {cpu}"
-                ))),
-                VcpuExit::InternalError => {
-                    Some(Ctl::Crash(format!("KVM internal error on vCPU {id}")))
-                }
+                VcpuExit::FailEntry(reason, cpu) => Some(Ctl::Crash(
+                    generation,
+                    format!("vCPU entry failed: reason {reason:#x} on cpu {cpu}"),
+                )),
+                VcpuExit::InternalError => Some(Ctl::Crash(
+                    generation,
+                    format!("KVM internal error on vCPU {id}"),
+                )),
                 VcpuExit::Intr => {
                     stats.interrupted.fetch_add(1, Ordering::Relaxed);
                     None
                 }
                 other => {
                     stats.other.fetch_add(1, Ordering::Relaxed);
-                    Some(Ctl::Crash(format!(
-                        "unexpected exit on vCPU {id}: {other:?}"
-                    )))
+                    Some(Ctl::Crash(
+                        generation,
+                        format!("unexpected exit on vCPU {id}: {other:?}"),
+                    ))
                 }
             },
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                 stats.interrupted.fetch_add(1, Ordering::Relaxed);
                 None
             }
-            Err(e) => Some(Ctl::Crash(format!("KVM_RUN on vCPU {id}: {e}"))),
+            Err(e) => Some(Ctl::Crash(generation, format!("KVM_RUN on vCPU {id}: {e}"))),
         };
         if let Some(req) = request {
             // The supervisor tears everything down; this vCPU just stops.

@@ -77,7 +77,11 @@ msg: .asciz "Hello from the tiny guest\n"
     let evs: Vec<VmEvent> = events.try_iter().collect();
     assert_eq!(
         evs,
-        vec![VmEvent::Started, VmEvent::PoweredOff, VmEvent::Stopped(VmExit::PoweredOff)]
+        vec![
+            VmEvent::Started,
+            VmEvent::PoweredOff,
+            VmEvent::Stopped(VmExit::PoweredOff)
+        ]
     );
     eprintln!("setup time {:?}, boot timer {:?}", vm.setup_time(), t);
     eprintln!("exits: {:?}", vm.exit_stats().summary());
@@ -98,11 +102,19 @@ msg: .asciz "resetting\n"
 #[test]
 fn i8042_reset_stops_or_reboots() {
     require_kvm!("i8042_reset_stops_or_reboots");
-    let Some(kernel) = guest("reset", RESET_GUEST) else { return };
+    let Some(kernel) = guest("reset", RESET_GUEST) else {
+        return;
+    };
 
     // Without restart: the VM stops with Rebooted.
-    let vm = Vm::start(VmBuilder::new(&kernel).memory_mib(32).rng(false).restart_on_reboot(false).build())
-        .expect("start");
+    let vm = Vm::start(
+        VmBuilder::new(&kernel)
+            .memory_mib(32)
+            .rng(false)
+            .restart_on_reboot(false)
+            .build(),
+    )
+    .expect("start");
     assert_eq!(run_to_exit(&vm), VmExit::Rebooted);
     assert_eq!(vm.console().text(), "resetting\n");
 
@@ -324,7 +336,9 @@ nok: .asciz "BLK BAD\n"
 {VIRTIO_INIT}
 "#
     );
-    let Some(kernel) = guest("blk", &body) else { return };
+    let Some(kernel) = guest("blk", &body) else {
+        return;
+    };
     let disk = std::env::temp_dir().join(format!("vmm-tiny-disk-{}", std::process::id()));
     std::fs::write(&disk, vec![0u8; 4096]).unwrap();
     let vm = Vm::start(
@@ -403,10 +417,15 @@ nok: .asciz "NET BAD\n"
 {VIRTIO_INIT}
 "#
     );
-    let Some(kernel) = guest("net", &body) else { return };
+    let Some(kernel) = guest("net", &body) else {
+        return;
+    };
     let (backend, peer) = ChannelBackend::new();
     let echo = std::thread::spawn(move || {
-        let f = peer.from_guest.recv_timeout(TIMEOUT).expect("frame from guest");
+        let f = peer
+            .from_guest
+            .recv_timeout(TIMEOUT)
+            .expect("frame from guest");
         peer.to_guest.send(f.clone()).unwrap();
         f
     });
@@ -415,7 +434,10 @@ nok: .asciz "NET BAD\n"
             .memory_mib(32)
             .rng(false)
             .nic([2, 0, 0, 0, 0, 1], Arc::new(backend))
-            .smbios(SmbiosIdentity { uuid: Some("ec2a1b2c-3d4e-5f60-7182-93a4b5c6d7e8".into()), ..Default::default() })
+            .smbios(SmbiosIdentity {
+                uuid: Some("ec2a1b2c-3d4e-5f60-7182-93a4b5c6d7e8".into()),
+                ..Default::default()
+            })
             .build(),
     )
     .expect("start");

@@ -5,12 +5,22 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+#[derive(Default)]
 pub struct Rtc {
     index: u8,
     /// Plain CMOS RAM for everything that is not a clock register.
-    ram: [u8; 128],
+    ram: Ram,
     /// Offset (seconds) the guest applied by writing the clock.
     offset: i64,
+}
+
+/// CMOS RAM; a newtype because arrays this long have no Default.
+struct Ram([u8; 128]);
+
+impl Default for Ram {
+    fn default() -> Self {
+        Ram([0; 128])
+    }
 }
 
 const REG_A: u8 = 0x0a;
@@ -54,11 +64,7 @@ fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
 
 impl Rtc {
     pub fn new() -> Self {
-        Rtc {
-            index: 0,
-            ram: [0; 128],
-            offset: 0,
-        }
+        Self::default()
     }
 
     fn now(&self) -> i64 {
@@ -92,7 +98,7 @@ impl Rtc {
         match self.index {
             0 | 2 | 4 | 6..=9 => Self::clock_fields(self.now())[self.index as usize],
             // Alarm registers read back what was written.
-            1 | 3 | 5 => self.ram[self.index as usize],
+            1 | 3 | 5 => self.ram.0[self.index as usize],
             // Divider set for 32.768 kHz, UIP never set.
             REG_A => 0x26,
             REG_B => REG_B_24H,
@@ -103,7 +109,7 @@ impl Rtc {
                 let (y, _, _) = civil_from_days(self.now().div_euclid(86_400));
                 bcd((y / 100) as u64)
             }
-            i => self.ram[usize::from(i & 0x7f)],
+            i => self.ram.0[usize::from(i & 0x7f)],
         }
     }
 
@@ -126,7 +132,7 @@ impl Rtc {
                 self.offset = t - real;
             }
             REG_A | REG_B | REG_C | REG_D => {}
-            i => self.ram[usize::from(i & 0x7f)] = value,
+            i => self.ram.0[usize::from(i & 0x7f)] = value,
         }
     }
 }

@@ -237,8 +237,7 @@ mod tests {
 
         // Write "hello" + zeros at sector 2.
         write_header(&mem, GuestAddress(0x8000), VIRTIO_BLK_T_OUT, 2);
-        mem.write_slice(&[b'h', b'e', b'l', b'l', b'o'], GuestAddress(0x9000))
-            .unwrap();
+        mem.write_slice(b"hello", GuestAddress(0x9000)).unwrap();
         tq.add_chain(
             &mem,
             &[(0x8000, 16, false), (0x9000, 512, false), (0xa000, 1, true)],

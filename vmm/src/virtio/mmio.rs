@@ -178,21 +178,15 @@ impl MmioTransport {
         let can_setup = self.status & STATUS_DRIVER_OK == 0;
         match offset {
             0x014 => self.device_features_sel = v,
-            0x020 => {
-                if self.status & STATUS_FEATURES_OK == 0 {
-                    match self.driver_features_sel {
-                        0 => {
-                            self.driver_features =
-                                (self.driver_features & !0xffff_ffff) | u64::from(v)
-                        }
-                        1 => {
-                            self.driver_features =
-                                (self.driver_features & 0xffff_ffff) | (u64::from(v) << 32)
-                        }
-                        _ => {}
-                    }
+            // Features are frozen once FEATURES_OK is set.
+            0x020 if self.status & STATUS_FEATURES_OK == 0 => match self.driver_features_sel {
+                0 => self.driver_features = (self.driver_features & !0xffff_ffff) | u64::from(v),
+                1 => {
+                    self.driver_features =
+                        (self.driver_features & 0xffff_ffff) | (u64::from(v) << 32)
                 }
-            }
+                _ => {}
+            },
             0x024 => self.driver_features_sel = v,
             0x030 => self.queue_sel = v,
             0x038 if can_setup => {

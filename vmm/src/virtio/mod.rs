@@ -41,10 +41,10 @@ impl Interrupt {
 
     pub fn signal(&self, bits: u32) {
         self.status.fetch_or(bits, Ordering::SeqCst);
-        if let Some(e) = &self.evt {
-            if let Err(err) = e.write(1) {
-                tracing::warn!("irqfd write failed: {err}");
-            }
+        if let Some(e) = &self.evt
+            && let Err(err) = e.write(1)
+        {
+            tracing::warn!("irqfd write failed: {err}");
         }
     }
 

@@ -146,10 +146,10 @@ impl Net {
                 mem.read_slice(&mut pkt[start..], s.addr)
                     .map_err(|_| DeviceError::GuestMemory)?;
             }
-            if pkt.len() > NET_HDR_LEN {
-                if let Err(e) = self.backend.send(&pkt[NET_HDR_LEN..]) {
-                    tracing::debug!("net backend send: {e}");
-                }
+            if pkt.len() > NET_HDR_LEN
+                && let Err(e) = self.backend.send(&pkt[NET_HDR_LEN..])
+            {
+                tracing::debug!("net backend send: {e}");
             }
             queue.add_used(mem, head, 0)?;
             used = true;

@@ -68,11 +68,9 @@ fn adjust_entry(e: &mut kvm_cpuid_entry2, id: u8, count: u8, amd: bool) {
             // No frequency/power-management hardware to drive.
             e.ecx &= !(1 << 3);
         }
-        0x8000_0001 if amd => {
+        0x8000_0001 if amd && count > 1 => {
             // CmpLegacy: HTT means cores, not threads.
-            if count > 1 {
-                e.ecx |= 1 << 1;
-            }
+            e.ecx |= 1 << 1;
         }
         0x8000_0008 if amd => {
             // ECX[7:0] cores - 1, [15:12] APIC ID size.

@@ -69,7 +69,10 @@ pub fn build_guest(name: &str, body: &str) -> Result<PathBuf, String> {
         .output()
         .map_err(|e| format!("cannot run `as` (binutils): {e}"))?;
     if !out.status.success() {
-        return Err(format!("as failed: {}", String::from_utf8_lossy(&out.stderr)));
+        return Err(format!(
+            "as failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
     }
     let out = Command::new("ld")
         .args(["-N", "-static", "-e", "_start", "-Ttext=0x100000", "-o"])
@@ -78,7 +81,10 @@ pub fn build_guest(name: &str, body: &str) -> Result<PathBuf, String> {
         .output()
         .map_err(|e| format!("cannot run `ld` (binutils): {e}"))?;
     if !out.status.success() {
-        return Err(format!("ld failed: {}", String::from_utf8_lossy(&out.stderr)));
+        return Err(format!(
+            "ld failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
     }
     Ok(elf)
 }
