@@ -57,18 +57,26 @@ def signed_bytes(endpoint, params, region="us-east-1"):
     return head.encode() + body
 
 
+def _connect(host, port):
+    s = socket.create_connection((host, port))
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    s.setblocking(False)
+    return s
+
+
 def _worker(host, port, req, nconns, duration, warmup, out_q):
-    """One process: nconns keep-alive connections, one request in flight each."""
+    """One process: nconns HTTP/1.1 connections, one request in flight each.
+
+    Connections are kept alive; a server that answers `Connection: close`
+    (moto's Werkzeug server does) is reconnected for the next request, and that
+    connect time counts in its latency."""
     sel = selectors.DefaultSelector()
     conns = []
     for _ in range(nconns):
-        s = socket.create_connection((host, port))
-        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        s.setblocking(False)
-        st = {"sock": s, "buf": bytearray(), "t0": 0.0, "need": None}
+        st = {"sock": _connect(host, port), "buf": bytearray(), "t0": 0.0, "need": None, "close": False}
         conns.append(st)
-        sel.register(s, selectors.EVENT_READ, st)
-    lat, errors, count = [], 0, 0
+        sel.register(st["sock"], selectors.EVENT_READ, st)
+    lat, errors, count, reconnects = [], 0, 0, 0
     cpu0 = time.process_time()
     start = time.perf_counter()
     measure_from = start + warmup
@@ -76,18 +84,26 @@ def _worker(host, port, req, nconns, duration, warmup, out_q):
     for st in conns:
         st["t0"] = time.perf_counter()
         st["sock"].sendall(req)
-    while True:
-        now = time.perf_counter()
-        if now >= stop:
-            break
+    while time.perf_counter() < stop:
         for key, _ in sel.select(timeout=0.5):
             st = key.data
             try:
                 chunk = st["sock"].recv(262144)
             except BlockingIOError:
                 continue
+            except ConnectionResetError:
+                chunk = b""
             if not chunk:
-                raise RuntimeError("server closed a keep-alive connection")
+                if st["need"] is None and not st["buf"]:
+                    # closed between requests: reconnect and resend
+                    sel.unregister(st["sock"])
+                    st["sock"].close()
+                    st["sock"] = _connect(host, port)
+                    sel.register(st["sock"], selectors.EVENT_READ, st)
+                    st["sock"].sendall(req)
+                    reconnects += 1
+                    continue
+                raise RuntimeError("server closed a connection mid-response")
             buf = st["buf"]
             buf += chunk
             while True:
@@ -102,6 +118,7 @@ def _worker(host, port, req, nconns, duration, warmup, out_q):
                     k = head.find(b"\r\n", j)
                     clen = int(head[j + 15:k if k >= 0 else len(head)].strip())
                     st["status"] = int(head[9:12])
+                    st["close"] = b"connection: close" in head or head.startswith(b"http/1.0")
                     st["need"] = i + 4 + clen
                 if len(buf) < st["need"]:
                     break
@@ -114,15 +131,24 @@ def _worker(host, port, req, nconns, duration, warmup, out_q):
                     if st["status"] != 200:
                         errors += 1
                 st["t0"] = t1
+                if st["close"]:
+                    sel.unregister(st["sock"])
+                    st["sock"].close()
+                    st["sock"] = _connect(host, port)
+                    sel.register(st["sock"], selectors.EVENT_READ, st)
+                    buf.clear()
+                    reconnects += 1
                 st["sock"].sendall(req)
+                break
     cpu = time.process_time() - cpu0
     for st in conns:
         st["sock"].close()
-    out_q.put((count, errors, lat, cpu))
+    out_q.put((count, errors, lat, cpu, reconnects))
 
 
-def run_load(endpoint, op, conns, duration, warmup, procs):
+def run_load(endpoint, op, conns, duration, warmup, procs, server_pid=None):
     req = signed_bytes(endpoint, OPS[op])
+    scpu0, t0 = (cpu_seconds(server_pid), time.perf_counter()) if server_pid else (None, None)
     u = urllib.parse.urlsplit(endpoint)
     q = mp.Queue()
     procs = max(1, min(procs, conns))
@@ -133,19 +159,31 @@ def run_load(endpoint, op, conns, duration, warmup, procs):
     results = [q.get(timeout=duration + warmup + 120) for _ in ps]
     for p in ps:
         p.join()
+    server_cpu = (cpu_seconds(server_pid) - scpu0) / (time.perf_counter() - t0) if server_pid else float("nan")
     count = sum(r[0] for r in results)
     errors = sum(r[1] for r in results)
     lat = sorted(x for r in results for x in r[2])
     cpu = sum(r[3] for r in results)
+    reconnects = sum(r[4] for r in results)
     if not lat:
-        return {"rps": 0.0, "p50": float("nan"), "p99": float("nan"), "errors": errors, "client_cpu": cpu / duration}
+        return {"rps": 0.0, "p50": float("nan"), "p99": float("nan"), "errors": errors,
+                "client_cpu": cpu / duration, "reconnects": reconnects, "server_cpu": server_cpu}
     return {
         "rps": count / duration,
         "p50": lat[len(lat) // 2] * 1000,
         "p99": lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000,
         "errors": errors,
         "client_cpu": cpu / (duration + warmup),
+        "reconnects": reconnects,
+        "server_cpu": server_cpu,
     }
+
+
+def cpu_seconds(pid):
+    """utime+stime of a process (all threads) from /proc/PID/stat."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_kib(pid):
@@ -207,12 +245,14 @@ def main():
     try:
         ec2d.start()
         servers = {"ec2d": ec2d.url}
+        pids = {"ec2d": ec2d.proc.pid}
         if not a.no_moto:
             mport = harness.free_port()
             moto_bin = os.path.join(os.path.dirname(sys.executable), "moto_server")
             moto = subprocess.Popen([moto_bin, "-H", "127.0.0.1", "-p", str(mport)],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             servers["moto"] = f"http://127.0.0.1:{mport}"
+            pids["moto"] = moto.pid
             wait_http(servers["moto"], "/moto-api/")
         for name, url in servers.items():
             sgs, keys = seed(url, a.keys, a.sgs)
@@ -224,28 +264,35 @@ def main():
         print(f"load: pre-signed SigV4 requests replayed on keep-alive connections by {a.procs} "
               f"selector-loop processes; {a.duration:g}s measured after {a.warmup:g}s warm-up; "
               f"{os.cpu_count()} cores shared by client and server\n")
-        hdr = (f"{'operation':24s} {'conns':>5s} | {'ec2d req/s':>10s} {'p50 ms':>7s} {'p99 ms':>7s} {'cli cpu':>7s} | "
-               f"{'moto req/s':>10s} {'p50 ms':>7s} {'p99 ms':>7s} | {'ratio':>7s}")
+        hdr = (f"{'operation':24s} {'conns':>5s} | {'ec2d req/s':>10s} {'p50 ms':>7s} {'p99 ms':>7s} {'srv cpu':>7s} "
+               f"{'cli cpu':>7s} | {'moto req/s':>10s} {'p50 ms':>7s} {'p99 ms':>7s} {'srv cpu':>7s} | {'ratio':>7s}")
         print(hdr)
         print("-" * len(hdr))
         rows = []
         for op in OPS:
             for n in conns:
-                r = {name: run_load(url, op, n, a.duration, a.warmup, a.procs) for name, url in servers.items()}
+                r = {name: run_load(url, op, n, a.duration, a.warmup, a.procs, pids[name])
+                     for name, url in servers.items()}
                 e, m = r["ec2d"], r.get("moto")
                 ratio = (e["rps"] / m["rps"]) if m and m["rps"] else float("nan")
                 line = (f"{op:24s} {n:5d} | {e['rps']:10.0f} {e['p50']:7.2f} {e['p99']:7.2f} "
-                        f"{e['client_cpu'] * 100:6.0f}% | ")
-                line += (f"{m['rps']:10.0f} {m['p50']:7.2f} {m['p99']:7.2f} | {ratio:6.1f}x" if m else "-")
+                        f"{e['server_cpu'] * 100:6.0f}% {e['client_cpu'] * 100:6.0f}% | ")
+                line += (f"{m['rps']:10.0f} {m['p50']:7.2f} {m['p99']:7.2f} {m['server_cpu'] * 100:6.0f}% | "
+                         f"{ratio:6.1f}x" if m else "-")
                 errs = {k: v["errors"] for k, v in r.items() if v["errors"]}
                 if errs:
                     line += f"  non-200: {errs}"
+                if e["reconnects"]:
+                    line += f"  ec2d closed {e['reconnects']} connections"
                 print(line, flush=True)
                 rows.append((op, n, r))
         busy = rss_kib(ec2d.proc.pid)
         print(f"\nec2d RSS after load: {busy / 1024:.1f} MiB")
+        if m_closes := [v for _, _, r in rows for k, v in r.items() if k == "moto" and v["reconnects"]]:
+            print("moto answers `Connection: close`, so each moto request includes a new TCP connect")
+        print("srv cpu = the server process's CPU time / wall time (all threads; 100% = one core)")
         print("cli cpu = load-generator CPU time / wall time, summed over its processes "
-              f"(near {a.procs * 100}% means the client, not ec2d, is the limit)")
+              f"(near {a.procs * 100}% means the client, not the server, is the limit)")
     finally:
         ec2d.stop()
         if moto:

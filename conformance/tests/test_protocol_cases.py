@@ -2,10 +2,12 @@
 sound (botocore serializes/parses them as the cases say), and -- once the Rust
 side has produced them -- ec2d's encoder/decoder outputs pass the checker.
 
-The Rust tool writes (see protocol_cases.py for the formats):
-  conformance/.cache/protocol/rust-output.json   {case_id: xml}
-  conformance/.cache/protocol/rust-decoded.json  {case_id: decoded params}
-or point EC2D_PROTOCOL_OUTPUT / EC2D_PROTOCOL_DECODED at them.
+The Rust side (server/tests/protocol.rs, `cargo test -p ec2d --test protocol`)
+decodes the input cases itself and writes the XML it encodes for the output
+cases to target/protocol-output-produced.json ({case_id: xml}); it skips a few
+cases on purpose (non-finite floats, modelled error members), hence
+--allow-missing.  Point EC2D_PROTOCOL_OUTPUT / EC2D_PROTOCOL_DECODED elsewhere
+to check other files (formats: protocol_cases.py).
 """
 import os
 
@@ -50,10 +52,11 @@ def _path(env, name):
 
 
 def test_rust_output_cases():
-    p = _path("EC2D_PROTOCOL_OUTPUT", "rust-output.json")
+    p = os.environ.get("EC2D_PROTOCOL_OUTPUT") or os.path.join(
+        os.path.dirname(pc.HERE), "target", "protocol-output-produced.json")
     if not os.path.exists(p):
-        pytest.skip(f"{p} not produced (the Rust-side protocol tool has not run)")
-    assert pc.check_output(p) == 0
+        pytest.skip(f"{p} not produced (run `cargo test -p ec2d --test protocol`)")
+    assert pc.check_output(p, allow_missing=True) == 0
 
 
 def test_rust_input_cases():
