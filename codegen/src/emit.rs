@@ -197,9 +197,16 @@ fn scalar_rust(shape: &Value) -> Option<&'static str> {
     }
 }
 
+/// Enums that are catalogues rather than protocol vocabulary: handlers check them against
+/// what ec2d offers, with the action's own error code (e.g. `InvalidInstanceType`).
+const HANDLER_CHECKED_ENUMS: &[&str] = &["InstanceType"];
+
 fn member_kind(shapes: &Shapes, shape_name: &str) -> Result<MemberKind, String> {
     let shape = &shapes[shape_name];
-    let enum_of = shape.get("enum").map(|_| shape_name.to_string());
+    let enum_of = shape
+        .get("enum")
+        .filter(|_| !HANDLER_CHECKED_ENUMS.contains(&shape_name))
+        .map(|_| shape_name.to_string());
     if let Some(r) = scalar_rust(shape) {
         let timestamp_format = (r == "Timestamp").then(|| {
             shape

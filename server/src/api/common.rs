@@ -29,16 +29,16 @@ pub fn is_valid_id(prefix: &str, id: &str) -> bool {
     }
 }
 
-/// `Invalid<Resource>ID.Malformed` for a badly formed id.
+/// `Invalid<Resource>ID.Malformed` for a badly formed id (security groups say `GroupId`).
 pub fn check_id(prefix: &str, resource: &str, id: &str) -> Result<(), ApiError> {
     if is_valid_id(prefix, id) {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            format!("Invalid{resource}ID.Malformed"),
-            format!("Invalid id: \"{id}\""),
-        ))
+        return Ok(());
     }
+    let code = match resource {
+        "Group" => "InvalidGroupId.Malformed".to_string(),
+        r => format!("Invalid{r}ID.Malformed"),
+    };
+    Err(ApiError::new(code, format!("Invalid id: \"{id}\"")))
 }
 
 pub fn not_found(resource: &str, what: &str, id: &str) -> ApiError {

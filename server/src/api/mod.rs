@@ -135,30 +135,41 @@ impl Call<'_> {
         }
         let action = self.action;
         let request_id = self.request_id;
-        self.api
-            .store
-            .transaction(self.account, self.region, |tx| {
-                if let (Some(token), Some(fp)) = (&client_token, &fingerprint) {
-                    if let Some((stored_fp, response)) = tx.idempotent(action, token)? {
-                        if &stored_fp != fp {
-                            return Err(ApiError::new(
-                                "IdempotentParameterMismatch",
-                                format!(
-                                    "The client token '{token}' was already used with different parameters."
-                                ),
-                            ));
-                        }
-                        return Ok(response);
-                    }
+        self.api.store.transaction(self.account, self.region, |tx| {
+            if let (Some(token), Some(fp)) = (&client_token, &fingerprint)
+                && let Some((stored_fp, response)) = tx.idempotent(action, token)?
+            {
+                if &stored_fp != fp {
+                    return Err(ApiError::new(
+                        "IdempotentParameterMismatch",
+                        format!(
+                            "The client token '{token}' was already used with different parameters."
+                        ),
+                    ));
                 }
-                let output = handler(&Ctx { tx }, input)?;
-                let body = xml::response(action, request_id, &output);
-                if let (Some(token), Some(fp)) = (&client_token, &fingerprint) {
-                    tx.remember(action, token, fp, &body)?;
-                }
-                Ok(body)
-            })
+                // The same result, under this request's own id.
+                return Ok(replace_request_id(&response, request_id));
+            }
+            let output = handler(&Ctx { tx }, input)?;
+            let body = xml::response(action, request_id, &output);
+            if let (Some(token), Some(fp)) = (&client_token, &fingerprint) {
+                tx.remember(action, token, fp, &body)?;
+            }
+            Ok(body)
+        })
     }
+}
+
+fn replace_request_id(response: &str, request_id: &str) -> String {
+    let (Some(start), Some(end)) = (response.find("<requestId>"), response.find("</requestId>"))
+    else {
+        return response.to_string();
+    };
+    format!(
+        "{}<requestId>{request_id}{}",
+        &response[..start],
+        &response[end..]
+    )
 }
 
 /// A stable digest of a request's parameters, to tell a ClientToken retry from a reuse.

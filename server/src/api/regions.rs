@@ -137,9 +137,10 @@ pub fn describe_availability_zones(
 }
 
 pub fn describe_account_attributes(
-    _ctx: &Ctx,
+    ctx: &Ctx,
     input: DescribeAccountAttributesRequest,
 ) -> Result<DescribeAccountAttributesResult, ApiError> {
+    let default_vpc = crate::api::vpcs::default_vpc_id(ctx)?.unwrap_or_else(|| "none".into());
     // The limits a new AWS account has.
     let all: [(&str, &[&str]); 6] = [
         ("supported-platforms", &["VPC"]),
@@ -147,7 +148,7 @@ pub fn describe_account_attributes(
         ("max-elastic-ips", &["5"]),
         ("max-instances", &["20"]),
         ("vpc-max-elastic-ips", &["5"]),
-        ("default-vpc", &["none"]),
+        ("default-vpc", &[default_vpc.as_str()]),
     ];
     let wanted = input.attribute_names.unwrap_or_default();
     let attrs = all

@@ -620,7 +620,6 @@ fn revoke(
             prefix_list_id: r.prefix_list_id,
             referenced_group_id: r.referenced_group_info.and_then(|g| g.group_id),
             description: r.description,
-            ..Default::default()
         });
     }
     Ok(out)

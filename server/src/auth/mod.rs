@@ -288,8 +288,16 @@ pub fn verify(keys: &Keyring, req: &RequestParts<'_>, now: SystemTime) -> Result
         return Err(incomplete("The host header must be signed."));
     }
 
-    let expected = expected_signature(req, &p, &key.secret)?;
-    if !bool::from(expected.as_bytes().ct_eq(p.signature.as_bytes())) {
+    let matches = |unsigned: bool| -> Result<bool, ApiError> {
+        let expected = expected_signature(req, &p, &key.secret, unsigned)?;
+        Ok(bool::from(
+            expected.as_bytes().ct_eq(p.signature.as_bytes()),
+        ))
+    };
+    // botocore presigns EC2 URLs over the (empty) body's hash; other SDKs use
+    // UNSIGNED-PAYLOAD for every presigned URL. Both are valid SigV4.
+    let ok = matches(false)? || (p.presign_expires.is_some() && matches(true)?);
+    if !ok {
         return Err(ApiError::auth(
             "AuthFailure",
             "AWS was not able to validate the provided access credentials",
@@ -307,6 +315,7 @@ fn expected_signature(
     req: &RequestParts<'_>,
     p: &Presented,
     secret: &str,
+    unsigned_payload: bool,
 ) -> Result<String, ApiError> {
     let host = header(req.headers, "host").unwrap_or("localhost");
     let path_and_query = if p.presign_expires.is_some() {
@@ -327,7 +336,7 @@ fn expected_signature(
             }
         }
     }
-    let body = if p.presign_expires.is_some() {
+    let body = if unsigned_payload {
         SignableBody::UnsignedPayload
     } else {
         SignableBody::Bytes(req.body)

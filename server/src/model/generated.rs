@@ -3690,12 +3690,6 @@ impl FromQuery for DescribeInstanceTypesRequest {
             next_token: node.member(path, "NextToken")?,
         };
         node.finish(path)?;
-        query::check_enum_list(
-            path,
-            "InstanceType",
-            value.instance_types.as_ref(),
-            enums::InstanceType,
-        )?;
         query::check_range(
             path,
             "MaxResults",
@@ -5830,12 +5824,6 @@ impl FromQuery for InstanceTypeInfo {
         )?;
         query::check_enum(
             path,
-            "InstanceType",
-            value.instance_type.as_ref().map(|s| s.as_str()),
-            enums::InstanceType,
-        )?;
-        query::check_enum(
-            path,
             "NitroEnclavesSupport",
             value.nitro_enclaves_support.as_ref().map(|s| s.as_str()),
             enums::NitroEnclavesSupport,
@@ -5987,12 +5975,6 @@ impl FromQuery for InstanceTypeOffering {
             location_type: node.member(path, "LocationType")?,
         };
         node.finish(path)?;
-        query::check_enum(
-            path,
-            "InstanceType",
-            value.instance_type.as_ref().map(|s| s.as_str()),
-            enums::InstanceType,
-        )?;
         query::check_enum(
             path,
             "LocationType",

@@ -55,7 +55,8 @@ fn store(
     let info = KeyPairInfo {
         key_pair_id: Some(id.clone()),
         key_type: Some(key_type.to_string()),
-        public_key: Some(public.trim_end().to_string()),
+        // EC2 shows the key name as the public key's comment.
+        public_key: Some(format!("{} {name}", public.trim_end())),
         create_time: Some(Timestamp::now()),
         key_name: Some(name.to_string()),
         key_fingerprint: Some(fingerprint.to_string()),
@@ -69,15 +70,12 @@ fn store(
 pub fn create_key_pair(ctx: &Ctx, input: CreateKeyPairRequest) -> Result<KeyPair, ApiError> {
     check_name(ctx, &input.key_name)?;
     let key_type = input.key_type.as_deref().unwrap_or("rsa");
-    if input.key_format.as_deref() == Some("ppk") {
-        return Err(ApiError::invalid_value(
-            "Value (ppk) for parameter KeyFormat is not supported by ec2d; use pem.",
-        ));
+    if let Some(format) = &input.key_format {
+        crypto::check_key_format(format).map_err(|e| ApiError::invalid_value(e.to_string()))?;
     }
-    let kt = match key_type {
-        "ed25519" => crypto::KeyType::Ed25519,
-        _ => crypto::KeyType::Rsa,
-    };
+    let kt: crypto::KeyType = key_type
+        .parse()
+        .map_err(|e: crypto::KeyError| ApiError::invalid_value(e.to_string()))?;
     let generated = crypto::generate(kt).map_err(|e| ApiError::internal(e.to_string()))?;
     let info = store(
         ctx,
@@ -108,10 +106,7 @@ pub fn import_key_pair(
             format!("Key is not in valid OpenSSH public key format: {e}"),
         )
     })?;
-    let key_type = match imported.key_type {
-        crypto::KeyType::Rsa => "rsa",
-        crypto::KeyType::Ed25519 => "ed25519",
-    };
+    let key_type = imported.key_type.as_str();
     let info = store(
         ctx,
         &input.key_name,
