@@ -63,6 +63,23 @@ pub fn dsdt_aml(devices: &[MmioDeviceInfo]) -> Vec<u8> {
         ],
     )));
 
+    // Described so that Linux's rtc_cmos binds through PNP, which also
+    // routes IRQ 8 (without it, hardware-reduced ACPI leaves IRQ 8 unmapped
+    // and the driver's probe fails).
+    body.extend(aml_bytes(&aml::Device::new(
+        "RTC_".into(),
+        vec![
+            &aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0B00")),
+            &aml::Name::new(
+                "_CRS".into(),
+                &aml::ResourceTemplate::new(vec![
+                    &aml::IO::new(PORT_CMOS_INDEX, PORT_CMOS_INDEX, 1, 2),
+                    &aml::Interrupt::new(true, true, false, false, IRQ_RTC),
+                ]),
+            ),
+        ],
+    )));
+
     for (i, d) in devices.iter().enumerate() {
         let name = format!("V{i:03X}");
         let uid = i as u32;

@@ -41,6 +41,7 @@ pub const KVM_TSS_ADDR: usize = 0xfffb_d000;
 /// Legacy GSIs taken by the platform devices.
 pub const IRQ_I8042: u32 = 1;
 pub const IRQ_COM1: u32 = 4;
+pub const IRQ_RTC: u32 = 8;
 /// GSIs handed out to virtio devices, in order. IRQ 8 is skipped: the kernel's
 /// rtc_cmos driver claims it exclusively.
 pub const DEVICE_IRQS: &[u32] = &[
@@ -59,3 +60,6 @@ pub const PORT_CMOS_DATA: u16 = 0x71;
 pub const PORT_ACPI_PM: u16 = 0x3c0;
 /// Boot-timer port: any byte written here records the time since VM start.
 pub const PORT_BOOT_TIMER: u16 = 0x440;
+/// The same boot timer as an MMIO page, for guests whose kernel has no
+/// /dev/port (Debian's cloud kernel): `busybox devmem 0xd0fff000 8 1`.
+pub const BOOT_TIMER_MMIO: u64 = 0xd0ff_f000;

@@ -32,6 +32,7 @@ pub mod layout;
 pub mod memory;
 pub mod net;
 pub mod smbios;
+pub mod testing;
 pub mod virtio;
 mod vm;
 pub mod x86;

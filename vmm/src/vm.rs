@@ -266,8 +266,16 @@ impl Vm {
         rx.recv_timeout(Duration::from_secs(5)).unwrap_or(false)
     }
 
+    /// Resumes paused vCPUs; returns once the VM is no longer paused.
     pub fn resume(&self) {
-        let _ = self.ctl.send(Ctl::Resume);
+        if self.ctl.send(Ctl::Resume).is_err() {
+            return;
+        }
+        let g = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = self
+            .shared
+            .state_cv
+            .wait_timeout_while(g, Duration::from_secs(5), |s| *s == VmState::Paused);
     }
 
     /// Presses the ACPI power button, without waiting.
@@ -416,8 +424,9 @@ fn supervise(
         i.teardown();
     }
     *shared.serial_in.lock().unwrap_or_else(|e| e.into_inner()) = None;
-    shared.set_state(VmState::Stopped(exit.clone()));
-    shared.emit(VmEvent::Stopped(exit));
+    // Event first: whoever `wait`s and then drains its receiver must find it.
+    shared.emit(VmEvent::Stopped(exit.clone()));
+    shared.set_state(VmState::Stopped(exit));
 }
 
 /// Device buses shared by vCPU threads.
@@ -817,7 +826,11 @@ fn run_vcpu(
                 }
                 VcpuExit::MmioWrite(addr, data) => {
                     stats.mmio_write.fetch_add(1, Ordering::Relaxed);
-                    if let Some((off, t)) = bus.mmio_find(addr) {
+                    if addr & !0xfff == BOOT_TIMER_MMIO {
+                        if let Some(&v) = data.first() {
+                            bus.pio.boot_timer.record(v);
+                        }
+                    } else if let Some((off, t)) = bus.mmio_find(addr) {
                         t.lock().unwrap_or_else(|e| e.into_inner()).write(off, data);
                     }
                     None

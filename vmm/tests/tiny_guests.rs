@@ -53,6 +53,8 @@ _start:
     call print
     mov $0x02, %al
     call timer
+    mov $0xd0fff000, %ebx
+    movb $0x03, (%rbx)
     call poweroff
 msg: .asciz "Hello from the tiny guest\n"
 "#,
@@ -72,7 +74,7 @@ msg: .asciz "Hello from the tiny guest\n"
     assert_eq!(run_to_exit(&vm), VmExit::PoweredOff);
     assert_eq!(console.text(), "Hello from the tiny guest\n");
     let t = vm.boot_timer_writes();
-    assert_eq!(t.iter().map(|w| w.0).collect::<Vec<_>>(), vec![1, 2]);
+    assert_eq!(t.iter().map(|w| w.0).collect::<Vec<_>>(), vec![1, 2, 3]);
     assert!(t[0].1 <= t[1].1);
     let evs: Vec<VmEvent> = events.try_iter().collect();
     assert_eq!(
@@ -472,7 +474,6 @@ msg: .asciz "spinning\n"
     assert!(vm.pause());
     assert_eq!(vm.state(), vmm::VmState::Paused);
     vm.resume();
-    std::thread::sleep(Duration::from_millis(50));
     assert_eq!(vm.state(), vmm::VmState::Running);
     let exit = vm.shutdown(Duration::from_millis(200));
     assert_eq!(exit, VmExit::Killed);

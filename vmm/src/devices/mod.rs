@@ -59,7 +59,7 @@ impl BootTimer {
             writes: Mutex::new(Vec::new()),
         }
     }
-    fn record(&self, value: u8) {
+    pub fn record(&self, value: u8) {
         let el = self.start.elapsed();
         let _ = self.first_ns.compare_exchange(
             0,

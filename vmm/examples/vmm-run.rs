@@ -1,0 +1,102 @@
+//! Boots one VM from the command line; the nested-KVM harness runs this.
+//!
+//! vmm-run --kernel K [--initrd I] [--cmdline C] [--vcpus N] [--mem MiB]
+//!         [--disk PATH[,ro]]... [--tap NAME]... [--uuid U] [--manufacturer M]
+//!         [--product P] [--timeout SECS]
+//!
+//! The guest console goes to stdout. Lines starting with "VMM:" report the
+//! VMM's view. Exit status: 0 when the guest powered itself off.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use vmm::{Console, SmbiosIdentity, TapBackend, Vm, VmBuilder, VmEvent, VmExit};
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let mut kernel = None;
+    let mut b = VmBuilder::new("");
+    let mut id = SmbiosIdentity::default();
+    let mut timeout = 600u64;
+    let mut taps = Vec::new();
+    let mut ndisks = 0;
+    while let Some(a) = args.next() {
+        let mut val = || {
+            args.next()
+                .unwrap_or_else(|| die(&format!("{a} needs a value")))
+        };
+        match a.as_str() {
+            "--kernel" => kernel = Some(val()),
+            "--initrd" => b = b.initrd(val()),
+            "--cmdline" => b = b.cmdline(val()),
+            "--vcpus" => b = b.vcpus(val().parse().unwrap_or_else(|_| die("bad --vcpus"))),
+            "--mem" => b = b.memory_mib(val().parse().unwrap_or_else(|_| die("bad --mem"))),
+            "--disk" => {
+                let v = val();
+                let (path, ro) = match v.strip_suffix(",ro") {
+                    Some(p) => (p.to_string(), true),
+                    None => (v, false),
+                };
+                let serial = format!("disk{ndisks}");
+                ndisks += 1;
+                b = b.disk(path, ro, serial);
+            }
+            "--tap" => taps.push(val()),
+            "--uuid" => id.uuid = Some(val()),
+            "--manufacturer" => id.manufacturer = val(),
+            "--product" => id.product = val(),
+            "--timeout" => timeout = val().parse().unwrap_or_else(|_| die("bad --timeout")),
+            _ => die(&format!("unknown argument {a}")),
+        }
+    }
+    let kernel = kernel.unwrap_or_else(|| die("--kernel is required"));
+    let mut cfg = b.smbios(id).restart_on_reboot(false).build();
+    cfg.kernel = kernel.into();
+    for (i, t) in taps.iter().enumerate() {
+        let tap = TapBackend::open(t).unwrap_or_else(|e| die(&format!("tap {t}: {e}")));
+        cfg.nics.push(vmm::NicConfig {
+            mac: [0x02, 0xec, 0x2d, 0, 0, i as u8 + 1],
+            backend: Arc::new(tap),
+        });
+    }
+    cfg.console = Console::with_tee(1 << 20, Some(Box::new(std::io::stdout())));
+
+    let vm = Vm::start(cfg).unwrap_or_else(|e| die(&format!("start: {e}")));
+    let events = vm.subscribe();
+    let deadline = std::time::Instant::now() + Duration::from_secs(timeout);
+    let exit = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match events.recv_timeout(left) {
+            Ok(VmEvent::Stopped(e)) => break e,
+            Ok(ev) => println!("\nVMM: event {ev:?}"),
+            Err(_) => {
+                println!("\nVMM: timeout after {timeout} s; killing");
+                vm.kill();
+                break vm.wait(Duration::from_secs(10)).unwrap_or(VmExit::Killed);
+            }
+        }
+    };
+    println!("\nVMM: exit {exit:?}");
+    if let Some(t) = vm.setup_time() {
+        println!(
+            "VMM: setup (start to first KVM_RUN) {:.1} ms",
+            t.as_secs_f64() * 1e3
+        );
+    }
+    for (v, t) in vm.boot_timer_writes() {
+        println!(
+            "VMM: boot-timer write {v:#04x} at {:.1} ms",
+            t.as_secs_f64() * 1e3
+        );
+    }
+    println!("VMM: exits total {}", vm.exit_stats().total());
+    for (k, v) in vm.exit_stats().summary() {
+        println!("VMM: exits {k} {v}");
+    }
+    std::process::exit(if exit == VmExit::PoweredOff { 0 } else { 1 });
+}
+
+fn die(msg: &str) -> ! {
+    eprintln!("vmm-run: {msg}");
+    std::process::exit(2);
+}
