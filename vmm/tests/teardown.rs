@@ -47,13 +47,13 @@ fn two_hundred_vms_release_everything() {
         // Alternate: guests that power off by themselves, and idle guests
         // (with a disk, a NIC and rng) that we kill.
         let (backend, _peer) = ChannelBackend::new();
-        let b = VmBuilder::new(if i % 2 == 0 { &off } else { &idle })
+        let b = VmBuilder::new(if i.is_multiple_of(2) { &off } else { &idle })
             .memory_mib(64)
             .vcpus(if i % 4 == 1 { 2 } else { 1 })
-            .disk(&disk, i % 3 == 0, "d")
+            .disk(&disk, i.is_multiple_of(3), "d")
             .nic([2, 0, 0, 0, 0, 1], std::sync::Arc::new(backend));
         let vm = Vm::start(b.build()).expect("start");
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             assert_eq!(vm.wait(Duration::from_secs(30)), Some(VmExit::PoweredOff));
         } else {
             let deadline = std::time::Instant::now() + Duration::from_secs(30);
