@@ -36,6 +36,23 @@ DEFAULT_KEY, DEFAULT_SECRET, DEFAULT_ACCOUNT = "test", "test", "000000000000"
 OTHER_KEY, OTHER_SECRET, OTHER_ACCOUNT = "AKIAOTHERACCOUNT0001", "othersecret/with+chars", "111122223333"
 
 
+# Every action issue 2 lists; the conformance run fails if one was not driven.
+ISSUE2_ACTIONS = """
+DescribeRegions DescribeAvailabilityZones DescribeAccountAttributes
+DescribeInstanceTypes DescribeInstanceTypeOfferings
+CreateKeyPair ImportKeyPair DescribeKeyPairs DeleteKeyPair
+CreateVpc DescribeVpcs DeleteVpc ModifyVpcAttribute DescribeVpcAttribute
+CreateSubnet DescribeSubnets DeleteSubnet ModifySubnetAttribute
+CreateSecurityGroup DescribeSecurityGroups DeleteSecurityGroup
+AuthorizeSecurityGroupIngress AuthorizeSecurityGroupEgress RevokeSecurityGroupIngress RevokeSecurityGroupEgress
+DescribeSecurityGroupRules
+CreateInternetGateway AttachInternetGateway DetachInternetGateway DescribeInternetGateways DeleteInternetGateway
+CreateRouteTable DescribeRouteTables DeleteRouteTable CreateRoute ReplaceRoute DeleteRoute
+AssociateRouteTable DisassociateRouteTable ReplaceRouteTableAssociation
+CreateTags DeleteTags DescribeTags
+""".split()
+
+
 def find_binary():
     env = os.environ.get("EC2D_BIN")
     if env:
@@ -261,13 +278,14 @@ def check_raw(action, status, body, headers, op=None):
     global _MODEL
     v = strict._validator_for(_ec2_model())
     m = _ec2_model()
-    name = op or action
+    name = op or action or "(no Action)"
     if name in m.operation_names:
         probs = v.validate(name, status, body, headers)
     else:
         probs = v.validate_error_envelope(body) if status >= 300 else [f"HTTP {status} for unknown action {name}"]
     with strict.RECORDER._lock:
         strict.RECORDER.checked += 1
+        strict.RECORDER.operations[name] = strict.RECORDER.operations.get(name, 0) + 1
         for p in probs:
             strict.RECORDER.problems.append((name, status, p, body))
     if probs:

@@ -419,6 +419,7 @@ class Validator:
 class Recorder:
     problems: list = field(default_factory=list)  # (operation, status, problem, body)
     checked: int = 0
+    operations: dict = field(default_factory=dict)  # operation name -> responses checked
     raise_on_problem: bool = True
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -451,6 +452,7 @@ def make_handler(recorder=None):
         )
         with rec._lock:
             rec.checked += 1
+            rec.operations[operation_model.name] = rec.operations.get(operation_model.name, 0) + 1
             for pr in probs:
                 rec.problems.append((operation_model.name, response_dict.get("status_code"), pr, body))
         if probs and rec.raise_on_problem:

@@ -17,6 +17,31 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "server: needs a running ec2d")
 
 
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    ops = strict.RECORDER.operations
+    if not ops:
+        return
+    tr = terminalreporter
+    tr.write_sep("-", "strict-model check")
+    tr.write_line(f"{strict.RECORDER.checked} responses checked, {len(strict.RECORDER.problems)} problems, "
+                  f"{len(ops)} operations: " + ", ".join(f"{k} {v}" for k, v in sorted(ops.items())))
+    missing = [a for a in harness.ISSUE2_ACTIONS if a not in ops]
+    if missing:
+        tr.write_line("issue-2 actions not driven in this run: " + ", ".join(missing))
+    else:
+        tr.write_line(f"all {len(harness.ISSUE2_ACTIONS)} issue-2 actions were driven and strict-checked")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """With CONFORMANCE_REQUIRE_COVERAGE=1 (set by conformance/run for the full suite),
+    a run that left an issue-2 action undriven fails."""
+    if os.environ.get("CONFORMANCE_REQUIRE_COVERAGE") != "1":
+        return
+    missing = [a for a in harness.ISSUE2_ACTIONS if a not in strict.RECORDER.operations]
+    if missing and session.exitstatus == 0:
+        session.exitstatus = 1
+
+
 @pytest.fixture(scope="session")
 def ec2d(tmp_path_factory):
     d = tmp_path_factory.mktemp("ec2d-data")
