@@ -256,3 +256,93 @@ impl MmioTransport {
         self.status = new;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::virtio::rng::Rng;
+    use crate::virtio::testutil::TestQueue;
+    use vm_memory::{Bytes, GuestAddress};
+
+    fn rd(t: &mut MmioTransport, off: u64) -> u32 {
+        let mut b = [0u8; 4];
+        t.read(off, &mut b);
+        u32::from_le_bytes(b)
+    }
+    fn wr(t: &mut MmioTransport, off: u64, v: u32) {
+        t.write(off, &v.to_le_bytes());
+    }
+
+    /// Drives the driver side of initialisation through the registers.
+    fn bring_up(t: &mut MmioTransport, tq: &TestQueue) {
+        wr(t, 0x70, 0);
+        wr(t, 0x70, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
+        wr(t, 0x24, 1);
+        wr(t, 0x20, 1); // VERSION_1
+        wr(t, 0x70, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK);
+        assert_ne!(rd(t, 0x70) & STATUS_FEATURES_OK, 0);
+        wr(t, 0x30, 0);
+        assert_eq!(rd(t, 0x34), 64);
+        wr(t, 0x38, u32::from(tq.size));
+        wr(t, 0x80, tq.desc as u32);
+        wr(t, 0x90, tq.avail as u32);
+        wr(t, 0xa0, tq.used as u32);
+        wr(t, 0x44, 1);
+        assert_eq!(rd(t, 0x44), 1);
+        wr(t, 0x70, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
+    }
+
+    #[test]
+    fn registers_negotiation_and_notify() {
+        let mem = crate::memory::create(1 << 20).unwrap();
+        let mut t = MmioTransport::new(Box::new(Rng), mem.clone(), Interrupt::new(None));
+        assert_eq!(rd(&mut t, 0), MAGIC);
+        assert_eq!(rd(&mut t, 4), 2);
+        assert_eq!(rd(&mut t, 8), crate::virtio::TYPE_RNG);
+        wr(&mut t, 0x14, 1);
+        assert_eq!(rd(&mut t, 0x10), 1, "VERSION_1 offered");
+
+        // A driver that does not accept VERSION_1 cannot set FEATURES_OK.
+        wr(&mut t, 0x70, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
+        wr(&mut t, 0x70, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK);
+        assert_eq!(rd(&mut t, 0x70) & STATUS_FEATURES_OK, 0);
+
+        let mut tq = TestQueue::new(&mem, GuestAddress(0x1000), 16);
+        bring_up(&mut t, &tq);
+        tq.add_chain(&mem, &[(0x8000, 32, true)]);
+        wr(&mut t, 0x50, 0);
+        assert_eq!(tq.used_idx(&mem), 1);
+        assert_eq!(rd(&mut t, 0x60), INT_VRING);
+        wr(&mut t, 0x64, INT_VRING);
+        assert_eq!(rd(&mut t, 0x60), 0);
+        // Out-of-range queue index and odd-sized register accesses are ignored.
+        wr(&mut t, 0x50, 7);
+        t.write(0x70, &[0]);
+        assert_ne!(rd(&mut t, 0x70) & STATUS_DRIVER_OK, 0);
+    }
+
+    #[test]
+    fn misbehaving_driver_gets_needs_reset() {
+        let mem = crate::memory::create(1 << 20).unwrap();
+        let mut t = MmioTransport::new(Box::new(Rng), mem.clone(), Interrupt::new(None));
+        let mut tq = TestQueue::new(&mem, GuestAddress(0x1000), 16);
+        bring_up(&mut t, &tq);
+        // A descriptor far outside guest memory.
+        tq.add_chain(&mem, &[(0x7fff_0000, 32, true)]);
+        wr(&mut t, 0x50, 0);
+        assert_ne!(rd(&mut t, 0x70) & STATUS_NEEDS_RESET, 0);
+        assert_ne!(rd(&mut t, 0x60) & INT_CONFIG, 0);
+        // Further notifies do nothing until the driver resets the device.
+        wr(&mut t, 0x50, 0);
+        wr(&mut t, 0x70, 0);
+        assert_eq!(rd(&mut t, 0x70), 0);
+
+        // An avail index far ahead of the ring (a flood) is refused, not looped on.
+        let mut tq = TestQueue::new(&mem, GuestAddress(0x1000), 16);
+        bring_up(&mut t, &tq);
+        tq.add_chain(&mem, &[(0x8000, 32, true)]);
+        mem.write_obj(1000u16, GuestAddress(tq.avail + 2)).unwrap();
+        wr(&mut t, 0x50, 0);
+        assert_ne!(rd(&mut t, 0x70) & STATUS_NEEDS_RESET, 0);
+    }
+}
