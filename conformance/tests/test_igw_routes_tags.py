@@ -56,9 +56,14 @@ def test_internet_gateway_lifecycle(ec2, vpc_id, name):
 def test_route_table_routes(ec2, vpc_id):
     igw = ec2.create_internet_gateway()["InternetGateway"]["InternetGatewayId"]
     ec2.attach_internet_gateway(InternetGatewayId=igw, VpcId=vpc_id)
-    rt = ec2.create_route_table(VpcId=vpc_id)["RouteTable"]
+    rt = ec2.create_route_table(VpcId=vpc_id, TagSpecifications=[
+        {"ResourceType": "route-table", "Tags": [{"Key": "Name", "Value": "public-" + vpc_id}]}])["RouteTable"]
     rid = rt["RouteTableId"]
     assert RTB_ID.match(rid) and rt["VpcId"] == vpc_id and rt["OwnerId"] == "000000000000"
+    assert rt["Tags"] == [{"Key": "Name", "Value": "public-" + vpc_id}]
+    byt = ec2.describe_route_tables(Filters=[{"Name": "tag:Name", "Values": ["public-vpc-*"]},
+                                             {"Name": "vpc-id", "Values": [vpc_id]}])["RouteTables"]
+    assert [x["RouteTableId"] for x in byt] == [rid]
     assert rt.get("Associations", []) == []
     local = rt["Routes"]
     assert len(local) == 1 and local[0]["DestinationCidrBlock"] == "10.40.0.0/16"
