@@ -2,7 +2,10 @@
 //!
 //! vmm-run --kernel K [--initrd I] [--cmdline C] [--vcpus N] [--mem MiB]
 //!         [--disk PATH[,ro]]... [--tap NAME]... [--uuid U] [--manufacturer M]
-//!         [--product P] [--timeout SECS]
+//!         [--product P] [--timeout SECS] [--shutdown-on TEXT [--grace SECS]]
+//!
+//! `--shutdown-on`: once TEXT appears on the console, press the ACPI power
+//! button and give the guest `--grace` seconds (default 30) to power off.
 //!
 //! The guest console goes to stdout. Lines starting with "VMM:" report the
 //! VMM's view. Exit status: 0 when the guest powered itself off.
@@ -18,6 +21,8 @@ fn main() {
     let mut b = VmBuilder::new("");
     let mut id = SmbiosIdentity::default();
     let mut timeout = 600u64;
+    let mut shutdown_on: Option<String> = None;
+    let mut grace = 30u64;
     let mut taps = Vec::new();
     let mut ndisks = 0;
     while let Some(a) = args.next() {
@@ -46,6 +51,8 @@ fn main() {
             "--manufacturer" => id.manufacturer = val(),
             "--product" => id.product = val(),
             "--timeout" => timeout = val().parse().unwrap_or_else(|_| die("bad --timeout")),
+            "--shutdown-on" => shutdown_on = Some(val()),
+            "--grace" => grace = val().parse().unwrap_or_else(|_| die("bad --grace")),
             _ => die(&format!("unknown argument {a}")),
         }
     }
@@ -63,6 +70,29 @@ fn main() {
 
     let vm = Vm::start(cfg).unwrap_or_else(|e| die(&format!("start: {e}")));
     let events = vm.subscribe();
+    if let Some(text) = shutdown_on {
+        let console = vm.console();
+        let vm = &vm;
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                while !console.text().contains(&text) {
+                    if matches!(vm.state(), vmm::VmState::Stopped(_)) {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                println!("\nVMM: pressing the power button ({grace} s grace)");
+                let exit = vm.shutdown(Duration::from_secs(grace));
+                println!("\nVMM: graceful shutdown result {exit:?}");
+            });
+            run(vm, &events, timeout)
+        })
+    } else {
+        run(&vm, &events, timeout)
+    }
+}
+
+fn run(vm: &Vm, events: &std::sync::mpsc::Receiver<VmEvent>, timeout: u64) -> ! {
     let deadline = std::time::Instant::now() + Duration::from_secs(timeout);
     let exit = loop {
         let left = deadline.saturating_duration_since(std::time::Instant::now());

@@ -279,7 +279,11 @@ mod tests {
         wr(t, 0x70, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
         wr(t, 0x24, 1);
         wr(t, 0x20, 1); // VERSION_1
-        wr(t, 0x70, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK);
+        wr(
+            t,
+            0x70,
+            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK,
+        );
         assert_ne!(rd(t, 0x70) & STATUS_FEATURES_OK, 0);
         wr(t, 0x30, 0);
         assert_eq!(rd(t, 0x34), 64);
@@ -289,7 +293,11 @@ mod tests {
         wr(t, 0xa0, tq.used as u32);
         wr(t, 0x44, 1);
         assert_eq!(rd(t, 0x44), 1);
-        wr(t, 0x70, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
+        wr(
+            t,
+            0x70,
+            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
+        );
     }
 
     #[test]
@@ -304,7 +312,11 @@ mod tests {
 
         // A driver that does not accept VERSION_1 cannot set FEATURES_OK.
         wr(&mut t, 0x70, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
-        wr(&mut t, 0x70, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK);
+        wr(
+            &mut t,
+            0x70,
+            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK,
+        );
         assert_eq!(rd(&mut t, 0x70) & STATUS_FEATURES_OK, 0);
 
         let mut tq = TestQueue::new(&mem, GuestAddress(0x1000), 16);
