@@ -3,6 +3,7 @@
 //! vmm-run --kernel K [--initrd I] [--cmdline C] [--vcpus N] [--mem MiB]
 //!         [--disk PATH[,ro]]... [--tap NAME]... [--uuid U] [--manufacturer M]
 //!         [--product P] [--timeout SECS] [--shutdown-on TEXT [--grace SECS]]
+//!         [--on-reboot restart|stop]
 //!
 //! `--shutdown-on`: once TEXT appears on the console, press the ACPI power
 //! button and give the guest `--grace` seconds (default 30) to power off.
@@ -23,6 +24,8 @@ fn main() {
     let mut timeout = 600u64;
     let mut shutdown_on: Option<String> = None;
     let mut grace = 30u64;
+    let mut restart = true;
+    let main_start = std::time::Instant::now();
     let mut taps = Vec::new();
     let mut ndisks = 0;
     while let Some(a) = args.next() {
@@ -52,12 +55,13 @@ fn main() {
             "--product" => id.product = val(),
             "--timeout" => timeout = val().parse().unwrap_or_else(|_| die("bad --timeout")),
             "--shutdown-on" => shutdown_on = Some(val()),
+            "--on-reboot" => restart = val() != "stop",
             "--grace" => grace = val().parse().unwrap_or_else(|_| die("bad --grace")),
             _ => die(&format!("unknown argument {a}")),
         }
     }
     let kernel = kernel.unwrap_or_else(|| die("--kernel is required"));
-    let mut cfg = b.smbios(id).restart_on_reboot(false).build();
+    let mut cfg = b.smbios(id).restart_on_reboot(restart).build();
     cfg.kernel = kernel.into();
     for (i, t) in taps.iter().enumerate() {
         let tap = TapBackend::open(t).unwrap_or_else(|e| die(&format!("tap {t}: {e}")));
@@ -68,7 +72,9 @@ fn main() {
     }
     cfg.console = Console::with_tee(1 << 20, Some(Box::new(std::io::stdout())));
 
+    let before_start = main_start.elapsed();
     let vm = Vm::start(cfg).unwrap_or_else(|e| die(&format!("start: {e}")));
+    let _ = PROCESS_TO_START.set(before_start);
     let events = vm.subscribe();
     if let Some(text) = shutdown_on {
         let console = vm.console();
@@ -109,15 +115,24 @@ fn run(vm: &Vm, events: &std::sync::mpsc::Receiver<VmEvent>, timeout: u64) -> ! 
     println!("\nVMM: exit {exit:?}");
     if let Some(t) = vm.setup_time() {
         println!(
-            "VMM: setup (start to first KVM_RUN) {:.1} ms",
+            "VMM: setup (Vm::start to first KVM_RUN) {:.1} ms",
             t.as_secs_f64() * 1e3
         );
+        if let Some(p) = PROCESS_TO_START.get() {
+            println!(
+                "VMM: setup (process start to first KVM_RUN) {:.1} ms",
+                (*p + t).as_secs_f64() * 1e3
+            );
+        }
     }
-    for (v, t) in vm.boot_timer_writes() {
-        println!(
-            "VMM: boot-timer write {v:#04x} at {:.1} ms",
-            t.as_secs_f64() * 1e3
-        );
+    for (boot, writes) in vm.boot_timer_history().iter().enumerate() {
+        for (v, t) in writes {
+            println!(
+                "VMM: boot {} boot-timer write {v:#04x} at {:.1} ms",
+                boot + 1,
+                t.as_secs_f64() * 1e3
+            );
+        }
     }
     println!("VMM: exits total {}", vm.exit_stats().total());
     for (k, v) in vm.exit_stats().summary() {
@@ -125,6 +140,8 @@ fn run(vm: &Vm, events: &std::sync::mpsc::Receiver<VmEvent>, timeout: u64) -> ! 
     }
     std::process::exit(if exit == VmExit::PoweredOff { 0 } else { 1 });
 }
+
+static PROCESS_TO_START: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
 
 fn die(msg: &str) -> ! {
     eprintln!("vmm-run: {msg}");

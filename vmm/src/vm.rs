@@ -152,6 +152,8 @@ struct Shared {
     console: crate::Console,
     stats: ExitStats,
     boot_timer: Mutex<Arc<BootTimer>>,
+    /// Boot-timer writes of earlier boots (in-place reboots), oldest first.
+    boot_history: Mutex<Vec<Vec<(u8, Duration)>>>,
     /// Time from `Vm::start` to the first KVM_RUN of the first boot.
     first_run: Mutex<Option<Duration>>,
     started_at: Instant,
@@ -195,6 +197,7 @@ impl Vm {
             console: config.console.clone(),
             stats: ExitStats::new(),
             boot_timer: Mutex::new(Arc::new(BootTimer::new(started_at))),
+            boot_history: Mutex::new(Vec::new()),
             first_run: Mutex::new(None),
             started_at,
             serial_in: Mutex::new(None),
@@ -328,6 +331,19 @@ impl Vm {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .writes()
+    }
+
+    /// Boot-timer writes of every boot so far, the current one last. The
+    /// first boot is timed from `Vm::start`, later ones from their reset.
+    pub fn boot_timer_history(&self) -> Vec<Vec<(u8, Duration)>> {
+        let mut h = self
+            .shared
+            .boot_history
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        h.push(self.boot_timer_writes());
+        h
     }
 
     /// Time from `Vm::start` to the first KVM_RUN.
@@ -553,7 +569,20 @@ impl Instance {
             Instant::now()
         };
         let boot_timer = Arc::new(BootTimer::new(t0));
-        *shared.boot_timer.lock().unwrap_or_else(|e| e.into_inner()) = boot_timer.clone();
+        let old = std::mem::replace(
+            &mut *shared.boot_timer.lock().unwrap_or_else(|e| e.into_inner()),
+            boot_timer.clone(),
+        );
+        if generation > 0 {
+            let mut h = shared
+                .boot_history
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            // Bounded: a guest in a reset loop must not grow this forever.
+            if h.len() < 64 {
+                h.push(old.writes());
+            }
+        }
         let pio = PioDevices::new(
             serial_irq,
             Box::new(ConsoleWriter(cfg.console.clone())),
