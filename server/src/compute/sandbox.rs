@@ -1,0 +1,1247 @@
+//! The sandbox engine: an instance's root volume, loop-attached and mounted inside new
+//! mount, pid, net, uts and ipc namespaces, with the volume's own `/sbin/init` as PID 1.
+//!
+//! Everything is done with standard tools (util-linux `unshare`, `losetup`, `mount`,
+//! coreutils `chroot`, `env`) driven from a small `sh` script, because `unsafe` (and with
+//! it `pre_exec`, `unshare(2)` and `mount(2)`) is not allowed outside `vmm/`.
+//!
+//! Process tree of one running machine (host PIDs):
+//!
+//! ```text
+//! ec2d
+//!  └─ unshare --fork --kill-child …   argv carries `ec2d-sandbox:<instance id>`
+//!      └─ /sbin/init (PID 1 of the new pid namespace; it was the setup script until exec)
+//! ```
+//!
+//! The outer `sh` puts itself into the instance's cgroups and then `exec`s `unshare`, so
+//! nothing of the machine ever runs outside them. `unshare` mirrors its child's exit
+//! status (a signal death is re-raised on itself), which is how init's exit reaches us.
+//!
+//! Host objects are named after the instance id so that [`SandboxEngine::cleanup_orphans`]
+//! finds them after an ec2d crash:
+//! - processes: `ec2d-sandbox:<id>` in the argv of `unshare` (and the setup script);
+//! - cgroups: `/sys/fs/cgroup/{cpu,memory,pids}/ec2d/<id>` (every process of the machine);
+//! - loop devices and mount points: recorded in `<data_dir>/sandbox/<id>.json` while the
+//!   machine exists; as a fallback, any loop device backed by a file under the data
+//!   directory that no live machine's record claims is detached.
+//!
+//! Mounts are made only inside the machine's private mount namespace, so they vanish with
+//! its last process and never appear in the host's mount table.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, PipeReader, Read, Write};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill as send_signal};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+
+use super::engine::{Engine, EngineError, EventSink, Machine, MachineEvent, MachineSpec};
+
+/// What `console()` returns at most (GetConsoleOutput's limit).
+const CONSOLE_RING: usize = 64 * 1024;
+/// `console.log` is trimmed to its last `CONSOLE_LOG_KEEP` bytes when it passes this.
+const CONSOLE_LOG_MAX: u64 = 1024 * 1024;
+const CONSOLE_LOG_KEEP: usize = 256 * 1024;
+/// Printed by the setup script right before it execs init. Only looked for before init
+/// runs (the guest cannot forge it then), and stripped from the console.
+const EXEC_MARKER: &[u8] = b"\x1eec2d-sandbox-exec\n";
+/// Prefix of argv[0] of the setup script; followed by the instance id.
+const ARGV_TAG: &str = "ec2d-sandbox:";
+/// How long a guest has to act on a reboot request before it is reset, as EC2 does after
+/// "a few minutes".
+const REBOOT_GRACE: Duration = Duration::from_secs(120);
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+const CGROUP_CONTROLLERS: [&str; 3] = ["cpu", "memory", "pids"];
+const CGROUP_PARENT: &str = "ec2d";
+const CFS_PERIOD_US: u64 = 100_000;
+/// A fixed PATH for every tool we run, so the host's environment cannot change them.
+const SAFE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+const CAP_SYS_ADMIN: u32 = 21;
+
+/// Runs on the host, in ec2d's namespaces. Joins the cgroups first (before anything
+/// forks) and becomes `unshare`, whose child is PID 1 of the new pid namespace.
+const OUTER_SCRIPT: &str = r#"
+for f in $EC2D_CGROUP_PROCS; do echo $$ > "$f" || :; done
+exec "$EC2D_UNSHARE" --fork --kill-child --pid --mount --uts --ipc --net --propagation private \
+    -- "$EC2D_SH" -c "$EC2D_SETUP" "$0" "$@"
+"#;
+
+/// Runs as PID 1 of the new namespaces (propagation already private, so none of these
+/// mounts reach the host). `$@` is the guest's environment as K=V words.
+const SETUP_SCRIPT: &str = r#"
+set -eu
+R=$EC2D_ROOT
+mount -o rw "$EC2D_ROOT_DEV" "$R"
+for d in proc sys dev; do [ -d "$R/$d" ] || mkdir -p "$R/$d"; done
+mount -t proc -o nosuid,nodev,noexec proc "$R/proc"
+# Read-only: the guest is real root, and sysfs writes would reach host devices.
+mount -t sysfs -o ro,nosuid,nodev,noexec sysfs "$R/sys"
+
+# Identity as a microVM's SMBIOS would present it. The host has no /sys/class/dmi at
+# all, and sysfs takes no new files, so a read-only overlay adds dmi/id to /sys/class.
+I=$EC2D_IDENTITY
+mount -t tmpfs -o mode=755,size=64k ec2d-identity "$I"
+mkdir -p "$I/dmi/id"
+printf '%s\n' "$EC2D_UUID" > "$I/dmi/id/product_uuid"
+printf '%s\n' "$EC2D_UUID" > "$I/dmi/id/product_serial"
+for f in sys_vendor bios_vendor board_vendor chassis_vendor; do
+    printf 'Amazon EC2\n' > "$I/dmi/id/$f"
+done
+printf '%s\n' "$EC2D_INSTANCE_ID" > "$I/dmi/id/board_asset_tag"
+mount -t overlay -o "lowerdir=$I:$R/sys/class" ec2d-identity "$R/sys/class"
+
+# A minimal /dev: a devtmpfs would hand the guest every host disk.
+D=$R/dev
+mount -t tmpfs -o nosuid,noexec,mode=755,size=64k ec2d-dev "$D"
+mknod -m 666 "$D/null" c 1 3
+mknod -m 666 "$D/zero" c 1 5
+mknod -m 666 "$D/full" c 1 7
+mknod -m 666 "$D/random" c 1 8
+mknod -m 666 "$D/urandom" c 1 9
+mknod -m 666 "$D/tty" c 5 0
+mkdir -m 755 "$D/pts"
+mkdir -m 1777 "$D/shm"
+mount -t devpts -o newinstance,ptmxmode=0666,mode=0620 devpts "$D/pts"
+mount -t tmpfs -o nosuid,nodev,mode=1777 shm "$D/shm"
+ln -s pts/ptmx "$D/ptmx"
+ln -s /proc/self/fd "$D/fd"
+ln -s /proc/self/fd/0 "$D/stdin"
+ln -s /proc/self/fd/1 "$D/stdout"
+ln -s /proc/self/fd/2 "$D/stderr"
+eval "$EC2D_DISK_NODES"
+
+printf '%s' "$EC2D_HOSTNAME" > /proc/sys/kernel/hostname
+
+printf '\036ec2d-sandbox-exec\n'
+exec env -i -- "$@" "$EC2D_CHROOT" "$R" /sbin/init
+"#;
+
+/// Absolute paths of the host tools, resolved once so a missing one is reported up front.
+#[derive(Debug, Clone)]
+struct Tools {
+    sh: PathBuf,
+    unshare: PathBuf,
+    losetup: PathBuf,
+    chroot: PathBuf,
+    umount: PathBuf,
+}
+
+/// Host objects of one machine, kept on disk so a later ec2d can remove them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Record {
+    instance_id: String,
+    rootfs: PathBuf,
+    identity: PathBuf,
+    loops: Vec<LoopDev>,
+    cgroups: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct LoopDev {
+    device: String,
+    backing: PathBuf,
+}
+
+pub struct SandboxEngine {
+    data_dir: PathBuf,
+    records_dir: PathBuf,
+    tools: Tools,
+    /// Whether cgroup v1 cpu/memory/pids hierarchies are mounted where we expect them.
+    cgroups_usable: bool,
+    /// The "cgroups unavailable" warning is logged once per engine, not per launch.
+    cgroup_warned: Arc<AtomicBool>,
+}
+
+impl SandboxEngine {
+    /// Checks privileges, tools and namespace support; `Unavailable` says what is missing.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Result<Self, EngineError> {
+        let data_dir = data_dir.into();
+        if !has_cap_sys_admin() {
+            return Err(EngineError::Unavailable(
+                "the sandbox engine needs root (or CAP_SYS_ADMIN) to create namespaces, \
+                 mounts and loop devices; run ec2d as root or use --engine microvm"
+                    .into(),
+            ));
+        }
+        let find = |name: &str| {
+            find_tool(name).ok_or_else(|| {
+                EngineError::Unavailable(format!(
+                    "the sandbox engine needs `{name}` (util-linux/coreutils) in {SAFE_PATH}"
+                ))
+            })
+        };
+        let tools = Tools {
+            sh: find("sh")?,
+            unshare: find("unshare")?,
+            losetup: find("losetup")?,
+            chroot: find("chroot")?,
+            umount: find("umount")?,
+        };
+        for name in ["mount", "env", "mknod"] {
+            find(name)?;
+        }
+        if !Path::new("/dev/loop-control").exists() {
+            return Err(EngineError::Unavailable(
+                "the sandbox engine needs loop devices (/dev/loop-control is missing; \
+                 modprobe loop)"
+                    .into(),
+            ));
+        }
+        // Root is not always enough (a container may forbid unshare), so try it once.
+        let probe = Command::new(&tools.unshare)
+            .args([
+                "--fork",
+                "--kill-child",
+                "--pid",
+                "--mount",
+                "--uts",
+                "--ipc",
+                "--net",
+                "--propagation",
+                "private",
+                "true",
+            ])
+            .env_clear()
+            .env("PATH", SAFE_PATH)
+            .stdin(Stdio::null())
+            .output()?;
+        if !probe.status.success() {
+            return Err(EngineError::Unavailable(format!(
+                "the sandbox engine cannot create namespaces here: unshare failed: {}",
+                String::from_utf8_lossy(&probe.stderr).trim()
+            )));
+        }
+        let records_dir = data_dir.join("sandbox");
+        fs::create_dir_all(&records_dir)?;
+        let cgroups_usable = Path::new(CGROUP_ROOT).join("cpu/cpu.cfs_quota_us").exists()
+            && Path::new(CGROUP_ROOT)
+                .join("memory/memory.limit_in_bytes")
+                .exists()
+            && Path::new(CGROUP_ROOT).join("pids/cgroup.procs").exists();
+        let engine = SandboxEngine {
+            data_dir,
+            records_dir,
+            tools,
+            cgroups_usable,
+            cgroup_warned: Arc::new(AtomicBool::new(false)),
+        };
+        if !cgroups_usable {
+            engine.warn_cgroups("cgroup v1 cpu, memory and pids hierarchies are not mounted");
+        }
+        Ok(engine)
+    }
+
+    fn warn_cgroups(&self, why: &str) {
+        if !self.cgroup_warned.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                "sandbox machines run without CPU and memory limits: {why} \
+                 (expected under {CGROUP_ROOT}/{{cpu,memory,pids}})"
+            );
+        }
+    }
+
+    fn record_path(&self, id: &str) -> PathBuf {
+        self.records_dir.join(format!("{id}.json"))
+    }
+
+    /// Creates `ec2d/<id>` in each controller and applies the limits. On failure the
+    /// machine runs unlimited (warned once) rather than not at all.
+    fn create_cgroups(&self, spec: &MachineSpec) -> Vec<PathBuf> {
+        if !self.cgroups_usable {
+            return Vec::new();
+        }
+        let mut dirs = Vec::new();
+        let result = (|| -> io::Result<()> {
+            for ctrl in CGROUP_CONTROLLERS {
+                let dir = cgroup_dir(ctrl, &spec.instance_id);
+                fs::create_dir_all(&dir)?;
+                dirs.push(dir.clone());
+                match ctrl {
+                    "cpu" => {
+                        fs::write(dir.join("cpu.cfs_period_us"), CFS_PERIOD_US.to_string())?;
+                        let quota = u64::from(spec.vcpus.max(1)) * CFS_PERIOD_US;
+                        fs::write(dir.join("cpu.cfs_quota_us"), quota.to_string())?;
+                    }
+                    "memory" => {
+                        let bytes = spec.memory_mib.saturating_mul(1024 * 1024);
+                        fs::write(dir.join("memory.limit_in_bytes"), bytes.to_string())?;
+                    }
+                    _ => {}
+                }
+            }
+            Ok(())
+        })();
+        match result {
+            Ok(()) => dirs,
+            Err(e) => {
+                self.warn_cgroups(&format!("cannot create cgroups: {e}"));
+                for dir in dirs.iter().rev() {
+                    let _ = fs::remove_dir(dir);
+                }
+                Vec::new()
+            }
+        }
+    }
+
+    fn losetup_attach(&self, file: &Path, read_only: bool) -> Result<LoopDev, EngineError> {
+        let mut cmd = Command::new(&self.tools.losetup);
+        cmd.arg("-f").arg("--show");
+        if read_only {
+            cmd.arg("-r");
+        }
+        let out = cmd
+            .arg(file)
+            .env_clear()
+            .env("PATH", SAFE_PATH)
+            .stdin(Stdio::null())
+            .output()?;
+        if !out.status.success() {
+            return Err(EngineError::Launch(format!(
+                "losetup {}: {}",
+                file.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        let device = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if !device.starts_with("/dev/loop") {
+            return Err(EngineError::Launch(format!(
+                "losetup {} printed no device: {device:?}",
+                file.display()
+            )));
+        }
+        Ok(LoopDev {
+            device,
+            backing: file.to_path_buf(),
+        })
+    }
+}
+
+impl Engine for SandboxEngine {
+    fn name(&self) -> &'static str {
+        "sandbox"
+    }
+
+    fn launch(
+        &self,
+        spec: MachineSpec,
+        events: EventSink,
+    ) -> Result<Box<dyn Machine>, EngineError> {
+        let id = spec.instance_id.clone();
+        if !valid_id(&id) {
+            return Err(EngineError::Launch(format!("invalid instance id {id:?}")));
+        }
+        fs::create_dir_all(&spec.state_dir)?;
+        let state_dir = fs::canonicalize(&spec.state_dir)?;
+        // Both paths end up in an overlayfs option string, where these are separators.
+        if state_dir
+            .to_string_lossy()
+            .contains([',', ':', '\\', '\n', '='])
+        {
+            return Err(EngineError::Launch(format!(
+                "state directory {} contains a character overlayfs options cannot carry",
+                state_dir.display()
+            )));
+        }
+        let rootfs = state_dir.join("rootfs");
+        let identity = state_dir.join("identity");
+        fs::create_dir_all(&rootfs)?;
+        fs::create_dir_all(&identity)?;
+        let root_disk = fs::canonicalize(&spec.root_disk).map_err(|e| {
+            EngineError::Launch(format!("root volume {}: {e}", spec.root_disk.display()))
+        })?;
+
+        let mut record = Record {
+            instance_id: id.clone(),
+            rootfs: rootfs.clone(),
+            identity: identity.clone(),
+            loops: Vec::new(),
+            cgroups: Vec::new(),
+        };
+        // From here on, a failure must undo what was made: the teardown below does.
+        let setup = (|| -> Result<String, EngineError> {
+            record.loops.push(self.losetup_attach(&root_disk, false)?);
+            let mut disk_nodes = String::new();
+            for disk in &spec.disks {
+                let name = disk
+                    .device_name
+                    .strip_prefix("/dev/")
+                    .unwrap_or(&disk.device_name)
+                    .to_string();
+                if name.is_empty()
+                    || !name
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+                {
+                    return Err(EngineError::Launch(format!(
+                        "invalid device name {:?}",
+                        disk.device_name
+                    )));
+                }
+                let path = fs::canonicalize(&disk.path).map_err(|e| {
+                    EngineError::Launch(format!("volume {}: {e}", disk.path.display()))
+                })?;
+                let dev = self.losetup_attach(&path, disk.read_only)?;
+                let (major, minor) = loop_numbers(&dev.device)?;
+                let mode = if disk.read_only { "440" } else { "660" };
+                disk_nodes.push_str(&format!(
+                    "mknod -m {mode} \"$D/{name}\" b {major} {minor}\n"
+                ));
+                record.loops.push(dev);
+            }
+            record.cgroups = self.create_cgroups(&spec);
+            write_record(&self.record_path(&id), &record)?;
+            Ok(disk_nodes)
+        })();
+        let disk_nodes = match setup {
+            Ok(nodes) => nodes,
+            Err(e) => {
+                teardown(&self.tools, &self.record_path(&id), &record);
+                return Err(e);
+            }
+        };
+
+        let console = Console::open(state_dir.join("console.log"));
+        let inner = Arc::new(Inner {
+            spec: spec.clone(),
+            tools: self.tools.clone(),
+            record_path: self.record_path(&id),
+            record,
+            disk_nodes,
+            events,
+            ctl: Mutex::new(Ctl::default()),
+            changed: Condvar::new(),
+            console: Mutex::new(console),
+        });
+        let first = {
+            let mut ctl = inner.lock_ctl();
+            inner.boot(&mut ctl)
+        };
+        let (child, reader) = match first {
+            Ok(boot) => boot,
+            Err(e) => {
+                teardown(&inner.tools, &inner.record_path, &inner.record);
+                return Err(EngineError::Launch(format!("cannot start sandbox: {e}")));
+            }
+        };
+        let supervisor = Arc::clone(&inner);
+        std::thread::Builder::new()
+            .name(format!("sandbox-{id}"))
+            .spawn(move || supervisor.supervise(child, reader))
+            .map_err(|e| {
+                // Without a supervisor nobody would reap or clean up: stop it now.
+                let ctl = inner.lock_ctl();
+                kill_now(&ctl);
+                EngineError::Launch(format!("cannot start supervisor thread: {e}"))
+            })?;
+        tracing::info!(instance = %id, "sandbox machine launching");
+        Ok(Box::new(SandboxMachine { inner }))
+    }
+
+    fn cleanup_orphans(&self, live: &[String]) -> Result<(), EngineError> {
+        let live: BTreeSet<&str> = live.iter().map(String::as_str).collect();
+        let mut records = Vec::new();
+        let mut live_backings = BTreeSet::new();
+        if let Ok(dir) = fs::read_dir(&self.records_dir) {
+            for entry in dir.flatten() {
+                let path = entry.path();
+                if path.extension().is_none_or(|e| e != "json") {
+                    continue;
+                }
+                let Some(record) = fs::read(&path)
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<Record>(&b).ok())
+                else {
+                    tracing::warn!(path = %path.display(), "unreadable sandbox record, removing");
+                    let _ = fs::remove_file(&path);
+                    continue;
+                };
+                if live.contains(record.instance_id.as_str()) {
+                    live_backings.extend(record.loops.iter().map(|l| l.backing.clone()));
+                } else {
+                    records.push((path, record));
+                }
+            }
+        }
+
+        // Processes: kill the unshare/setup processes (the kernel then kills each
+        // namespace through --kill-child) and everything left in the cgroups.
+        let mut victims = BTreeSet::new();
+        for (pid, argv) in processes() {
+            if let Some(id) = argv
+                .iter()
+                .find_map(|a| a.strip_prefix(ARGV_TAG))
+                .filter(|id| !live.contains(id))
+            {
+                tracing::info!(pid, instance = id, "killing orphaned sandbox process");
+                victims.insert(pid);
+            }
+        }
+        let mut dead_cgroups = Vec::new();
+        for ctrl in CGROUP_CONTROLLERS {
+            let parent = Path::new(CGROUP_ROOT).join(ctrl).join(CGROUP_PARENT);
+            let Ok(dir) = fs::read_dir(&parent) else {
+                continue;
+            };
+            for entry in dir.flatten() {
+                let name = entry.file_name().to_string_lossy().to_string();
+                if entry.path().is_dir() && !live.contains(name.as_str()) {
+                    victims.extend(cgroup_pids(&entry.path()));
+                    dead_cgroups.push(entry.path());
+                }
+            }
+        }
+        for &pid in &victims {
+            let _ = send_signal(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while victims.iter().any(|&p| alive(p)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // Anything that joined a cgroup while we were killing (a setup script mid-fork).
+        for cg in &dead_cgroups {
+            for pid in cgroup_pids(cg) {
+                let _ = send_signal(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
+
+        // Mounts never reach the host table, but a crash mid-way through a future change
+        // should not leave one behind either.
+        let dead_dirs: Vec<PathBuf> = records
+            .iter()
+            .flat_map(|(_, r)| [r.rootfs.clone(), r.identity.clone()])
+            .collect();
+        for mount_point in host_mount_points() {
+            if dead_dirs.iter().any(|d| mount_point.starts_with(d)) {
+                let _ = Command::new(&self.tools.umount)
+                    .arg("-l")
+                    .arg(&mount_point)
+                    .env_clear()
+                    .env("PATH", SAFE_PATH)
+                    .stdin(Stdio::null())
+                    .output();
+            }
+        }
+
+        // Loop devices: those recorded for dead machines, and any backed by a file under
+        // the data directory that no live machine claims (a record lost in a crash).
+        let dead_backings: BTreeSet<PathBuf> = records
+            .iter()
+            .flat_map(|(_, r)| r.loops.iter().map(|l| l.backing.clone()))
+            .collect();
+        let data_dir = fs::canonicalize(&self.data_dir).unwrap_or(self.data_dir.clone());
+        for (device, backing) in loop_devices(&self.tools) {
+            let claimed_dead = dead_backings.contains(&backing);
+            let stray = backing.starts_with(&data_dir) && !live_backings.contains(&backing);
+            if claimed_dead || stray {
+                tracing::info!(%device, backing = %backing.display(), "detaching orphaned loop device");
+                losetup_detach(&self.tools, &device);
+            }
+        }
+
+        for cg in &dead_cgroups {
+            remove_cgroup(cg);
+        }
+        for (path, record) in &records {
+            let _ = fs::remove_dir(&record.rootfs);
+            let _ = fs::remove_dir(&record.identity);
+            let _ = fs::remove_file(path);
+        }
+        Ok(())
+    }
+}
+
+/// What ec2d last asked of the running machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum Intent {
+    #[default]
+    None,
+    /// SIGTERM sent; a reset follows after `REBOOT_GRACE`.
+    Reboot,
+    /// We killed init to reboot it.
+    ForcedReboot,
+    /// Shutdown or kill: whatever init does now, the machine is not started again.
+    PowerOff,
+}
+
+#[derive(Debug, Default)]
+struct Ctl {
+    /// The `unshare` process of the current boot, until it has exited.
+    unshare_pid: Option<i32>,
+    /// The current boot has exec'd init.
+    started: bool,
+    intent: Intent,
+    /// Counts boots, so a reboot timer knows whether its reboot already happened.
+    boot: u64,
+    /// Torn down; the terminal event has been (or is being) sent.
+    gone: bool,
+}
+
+struct Inner {
+    spec: MachineSpec,
+    tools: Tools,
+    record_path: PathBuf,
+    record: Record,
+    disk_nodes: String,
+    events: EventSink,
+    ctl: Mutex<Ctl>,
+    changed: Condvar,
+    console: Mutex<Console>,
+}
+
+enum Outcome {
+    Reboot,
+    PoweredOff,
+    Crashed(String),
+}
+
+impl Inner {
+    fn lock_ctl(&self) -> MutexGuard<'_, Ctl> {
+        // A panic while holding the lock leaves plain data behind; keep going.
+        self.ctl.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_console(&self) -> MutexGuard<'_, Console> {
+        self.console.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts one boot. Called with the control lock held, so a concurrent kill either
+    /// sees the new PID or has already set `PowerOff` (which the caller checks first).
+    fn boot(&self, ctl: &mut Ctl) -> io::Result<(Child, PipeReader)> {
+        let spec = &self.spec;
+        // stdout and stderr share one pipe so the console keeps their interleaving.
+        let (reader, writer) = io::pipe()?;
+        let writer2 = writer.try_clone()?;
+        let mut env_words = vec!["HOME=/".to_string(), "TERM=linux".to_string()];
+        for (k, v) in &spec.init_env {
+            if valid_env_name(k) {
+                env_words.push(format!("{k}={v}"));
+            } else {
+                tracing::warn!(instance = %spec.instance_id, key = %k, "skipping invalid init variable");
+            }
+        }
+        env_words.push(format!("ec2d_hostname={}", spec.hostname));
+        let cgroup_procs = self
+            .record
+            .cgroups
+            .iter()
+            .map(|d| d.join("cgroup.procs").to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ");
+        // The kernel keeps at most 64 bytes of a hostname.
+        let hostname: String = spec.hostname.chars().take(64).collect();
+        let mut cmd = Command::new(&self.tools.sh);
+        cmd.arg("-c")
+            .arg(OUTER_SCRIPT)
+            .arg(format!("{ARGV_TAG}{}", spec.instance_id))
+            .args(&env_words)
+            .env_clear()
+            .env("PATH", SAFE_PATH)
+            .env("EC2D_CGROUP_PROCS", cgroup_procs)
+            .env("EC2D_UNSHARE", &self.tools.unshare)
+            .env("EC2D_SH", &self.tools.sh)
+            .env("EC2D_CHROOT", &self.tools.chroot)
+            .env("EC2D_SETUP", SETUP_SCRIPT)
+            .env("EC2D_ROOT", &self.record.rootfs)
+            .env("EC2D_ROOT_DEV", &self.record.loops[0].device)
+            .env("EC2D_IDENTITY", &self.record.identity)
+            .env("EC2D_UUID", &spec.smbios_uuid)
+            .env("EC2D_INSTANCE_ID", &spec.instance_id)
+            .env("EC2D_HOSTNAME", hostname)
+            .env("EC2D_DISK_NODES", &self.disk_nodes)
+            .stdin(Stdio::null())
+            .stdout(writer)
+            .stderr(writer2);
+        let child = cmd.spawn()?;
+        // The Command holds our copies of the pipe's write end; EOF needs them closed.
+        drop(cmd);
+        ctl.unshare_pid = i32::try_from(child.id()).ok();
+        ctl.started = false;
+        ctl.boot += 1;
+        self.changed.notify_all();
+        Ok((child, reader))
+    }
+
+    /// Owns the machine from launch to its terminal event: pumps the console, reaps each
+    /// boot, decides reboot or power-off, and tears down.
+    fn supervise(self: Arc<Self>, mut child: Child, mut reader: PipeReader) {
+        let id = self.spec.instance_id.clone();
+        let mut first = true;
+        let terminal = loop {
+            let started = self.pump_console(&mut reader, first);
+            // EOF: unshare has exited (it held the pipe) but is not reaped, so its PID
+            // cannot have been reused; forget it before reaping.
+            self.lock_ctl().unshare_pid = None;
+            let status = child.wait();
+            let mut ctl = self.lock_ctl();
+            let intent = std::mem::take(&mut ctl.intent);
+            let outcome = match status {
+                Ok(status) => self.classify(status, started, intent),
+                Err(e) => Outcome::Crashed(format!("cannot reap sandbox: {e}")),
+            };
+            match outcome {
+                Outcome::Reboot => {
+                    tracing::info!(instance = %id, "sandbox machine rebooting");
+                    match self.boot(&mut ctl) {
+                        Ok((c, r)) => {
+                            child = c;
+                            reader = r;
+                            first = false;
+                        }
+                        Err(e) => break MachineEvent::Crashed(format!("cannot reboot: {e}")),
+                    }
+                }
+                Outcome::PoweredOff => break MachineEvent::PoweredOff,
+                Outcome::Crashed(why) => break MachineEvent::Crashed(why),
+            }
+        };
+        teardown(&self.tools, &self.record_path, &self.record);
+        {
+            let mut ctl = self.lock_ctl();
+            ctl.gone = true;
+            self.changed.notify_all();
+        }
+        tracing::info!(instance = %id, event = ?terminal, "sandbox machine gone");
+        (self.events)(terminal);
+    }
+
+    fn classify(&self, status: ExitStatus, started: bool, intent: Intent) -> Outcome {
+        let sig = status.signal();
+        if intent == Intent::PowerOff {
+            return Outcome::PoweredOff;
+        }
+        if intent == Intent::ForcedReboot {
+            return Outcome::Reboot;
+        }
+        if !started {
+            let tail = self.lock_console().tail_lines(6);
+            return Outcome::Crashed(format!("sandbox setup failed ({status}): {tail}"));
+        }
+        // reboot(2) in a pid namespace kills its init with SIGHUP, power-off with SIGINT;
+        // the tiny AMI's init exits 129 to reboot and 0 to power off.
+        match (status.code(), sig) {
+            (Some(129), _) | (_, Some(1)) => Outcome::Reboot,
+            (Some(0), _) | (_, Some(2)) => Outcome::PoweredOff,
+            (_, Some(9)) => {
+                let oom = cgroup_oom_kills(&self.record.cgroups)
+                    .map(|n| format!(" (memory cgroup oom_kill={n})"))
+                    .unwrap_or_default();
+                Outcome::Crashed(format!("init was killed by SIGKILL{oom}"))
+            }
+            (Some(code), _) => Outcome::Crashed(format!("init exited with status {code}")),
+            (_, Some(s)) => Outcome::Crashed(format!("init was killed by signal {s}")),
+            _ => Outcome::Crashed(format!("init ended: {status}")),
+        }
+    }
+
+    /// Copies the boot's output to the console until every writer is gone, and reports
+    /// `Started`/`Rebooted` when the setup script's exec marker goes by. Returns whether
+    /// it did.
+    fn pump_console(&self, reader: &mut PipeReader, first: bool) -> bool {
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut pending: Vec<u8> = Vec::new();
+        let mut started = false;
+        loop {
+            let n = match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::warn!(instance = %self.spec.instance_id, "console read: {e}");
+                    break;
+                }
+            };
+            if started {
+                self.lock_console().append(&buf[..n]);
+                continue;
+            }
+            pending.extend_from_slice(&buf[..n]);
+            if let Some(pos) = find(&pending, EXEC_MARKER) {
+                let rest = pending.split_off(pos + EXEC_MARKER.len());
+                pending.truncate(pos);
+                self.lock_console().append(&pending);
+                pending.clear();
+                self.lock_ctl().started = true;
+                started = true;
+                (self.events)(if first {
+                    MachineEvent::Started
+                } else {
+                    MachineEvent::Rebooted
+                });
+                self.lock_console().append(&rest);
+            } else if pending.len() >= EXEC_MARKER.len() {
+                // Keep only what could be the start of a marker split across reads.
+                let keep = pending.split_off(pending.len() - (EXEC_MARKER.len() - 1));
+                self.lock_console().append(&pending);
+                pending = keep;
+            }
+        }
+        self.lock_console().append(&pending);
+        started
+    }
+
+    fn signal_init(&self, ctl: &Ctl, sig: Signal) {
+        if let Some(pid) = ctl.unshare_pid.and_then(init_pid) {
+            let _ = send_signal(Pid::from_raw(pid), sig);
+        }
+    }
+}
+
+/// SIGKILLs init (the kernel then kills the whole pid namespace) and `unshare`.
+fn kill_now(ctl: &Ctl) {
+    if let Some(unshare) = ctl.unshare_pid {
+        if let Some(init) = init_pid(unshare) {
+            let _ = send_signal(Pid::from_raw(init), Signal::SIGKILL);
+        }
+        let _ = send_signal(Pid::from_raw(unshare), Signal::SIGKILL);
+    }
+}
+
+/// Host PID of the namespace's init: the only child of `unshare`.
+fn init_pid(unshare: i32) -> Option<i32> {
+    fs::read_to_string(format!("/proc/{unshare}/task/{unshare}/children"))
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Handle on a sandbox machine. Dropping it does not stop the machine (ec2d's lifecycle
+/// manager decides that); `cleanup_orphans` finds machines nobody holds any more.
+pub struct SandboxMachine {
+    inner: Arc<Inner>,
+}
+
+impl SandboxMachine {
+    /// Host PID of the machine's `unshare` process, while a boot is running.
+    pub fn host_pid(&self) -> Option<u32> {
+        self.inner
+            .lock_ctl()
+            .unshare_pid
+            .and_then(|p| u32::try_from(p).ok())
+    }
+}
+
+impl Machine for SandboxMachine {
+    fn shutdown(&self, grace: Duration) {
+        let inner = &self.inner;
+        let mut ctl = inner.lock_ctl();
+        if ctl.gone {
+            return;
+        }
+        ctl.intent = Intent::PowerOff;
+        if !ctl.started {
+            // Before init runs there is nobody to ask (and the setup script, as a pid
+            // namespace's init without handlers, would not even receive the signal).
+            kill_now(&ctl);
+            return;
+        }
+        inner.signal_init(&ctl, Signal::SIGUSR2);
+        drop(ctl);
+        let inner = Arc::clone(inner);
+        let _ = std::thread::Builder::new()
+            .name("sandbox-shutdown".into())
+            .spawn(move || {
+                let deadline = Instant::now() + grace;
+                let mut ctl = inner.lock_ctl();
+                while !ctl.gone {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        tracing::info!(instance = %inner.spec.instance_id, "grace period over, killing");
+                        kill_now(&ctl);
+                        return;
+                    }
+                    ctl = inner
+                        .changed
+                        .wait_timeout(ctl, deadline - now)
+                        .map(|(g, _)| g)
+                        .unwrap_or_else(|p| p.into_inner().0);
+                }
+            });
+    }
+
+    fn kill(&self) {
+        let mut ctl = self.inner.lock_ctl();
+        if ctl.gone {
+            return;
+        }
+        ctl.intent = Intent::PowerOff;
+        kill_now(&ctl);
+    }
+
+    fn reboot(&self) {
+        let inner = &self.inner;
+        let mut ctl = inner.lock_ctl();
+        if ctl.gone || ctl.intent == Intent::PowerOff {
+            return;
+        }
+        if !ctl.started {
+            ctl.intent = Intent::ForcedReboot;
+            kill_now(&ctl);
+            return;
+        }
+        ctl.intent = Intent::Reboot;
+        inner.signal_init(&ctl, Signal::SIGTERM);
+        let boot = ctl.boot;
+        drop(ctl);
+        let inner = Arc::clone(inner);
+        let _ = std::thread::Builder::new()
+            .name("sandbox-reboot".into())
+            .spawn(move || {
+                let deadline = Instant::now() + REBOOT_GRACE;
+                let mut ctl = inner.lock_ctl();
+                while !ctl.gone && ctl.boot == boot && ctl.intent == Intent::Reboot {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        tracing::info!(instance = %inner.spec.instance_id, "guest ignored reboot, resetting");
+                        ctl.intent = Intent::ForcedReboot;
+                        kill_now(&ctl);
+                        return;
+                    }
+                    ctl = inner
+                        .changed
+                        .wait_timeout(ctl, deadline - now)
+                        .map(|(g, _)| g)
+                        .unwrap_or_else(|p| p.into_inner().0);
+                }
+            });
+    }
+
+    fn console(&self) -> Vec<u8> {
+        let console = self.inner.lock_console();
+        let (a, b) = console.ring.as_slices();
+        [a, b].concat()
+    }
+}
+
+/// The console: the last 64 KiB in memory, everything appended to `console.log`.
+struct Console {
+    ring: VecDeque<u8>,
+    log_path: PathBuf,
+    log: Option<File>,
+    log_len: u64,
+}
+
+impl Console {
+    fn open(log_path: PathBuf) -> Console {
+        let mut console = Console {
+            ring: VecDeque::with_capacity(CONSOLE_RING),
+            log_path,
+            log: None,
+            log_len: 0,
+        };
+        console.reopen();
+        if console.log_len > CONSOLE_LOG_MAX {
+            console.trim_log();
+        }
+        console
+    }
+
+    fn reopen(&mut self) {
+        match OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+        {
+            Ok(f) => {
+                self.log_len = f.metadata().map(|m| m.len()).unwrap_or(0);
+                self.log = Some(f);
+            }
+            Err(e) => {
+                tracing::warn!(path = %self.log_path.display(), "cannot open console log: {e}");
+                self.log = None;
+            }
+        }
+    }
+
+    fn append(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        let skip = bytes.len().saturating_sub(CONSOLE_RING);
+        let bytes_kept = &bytes[skip..];
+        let overflow = (self.ring.len() + bytes_kept.len()).saturating_sub(CONSOLE_RING);
+        self.ring.drain(..overflow);
+        self.ring.extend(bytes_kept);
+        if let Some(log) = self.log.as_mut() {
+            if let Err(e) = log.write_all(bytes) {
+                tracing::warn!(path = %self.log_path.display(), "console log write: {e}");
+                self.log = None;
+                return;
+            }
+            self.log_len += bytes.len() as u64;
+            if self.log_len > CONSOLE_LOG_MAX {
+                self.trim_log();
+            }
+        }
+    }
+
+    /// Keeps the log's last `CONSOLE_LOG_KEEP` bytes (written to a new file and renamed,
+    /// so a crash mid-way leaves either version whole).
+    fn trim_log(&mut self) {
+        self.log = None;
+        let result = (|| -> io::Result<()> {
+            let data = fs::read(&self.log_path)?;
+            let tail = &data[data.len().saturating_sub(CONSOLE_LOG_KEEP)..];
+            let tmp = self.log_path.with_extension("log.tmp");
+            fs::write(&tmp, tail)?;
+            fs::rename(&tmp, &self.log_path)
+        })();
+        if let Err(e) = result {
+            tracing::warn!(path = %self.log_path.display(), "console log trim: {e}");
+        }
+        self.reopen();
+    }
+
+    fn tail_lines(&self, n: usize) -> String {
+        let (a, b) = self.ring.as_slices();
+        let text = String::from_utf8_lossy(&[a, b].concat()).into_owned();
+        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        let tail = lines[lines.len().saturating_sub(n)..].join(" | ");
+        if tail.is_empty() {
+            "no output".into()
+        } else {
+            tail
+        }
+    }
+}
+
+/// The last 64 KiB of a machine's `console.log`, for GetConsoleOutput when no machine is
+/// running (after a stop, or after an ec2d restart).
+pub fn console_log_tail(state_dir: &Path) -> io::Result<Vec<u8>> {
+    match fs::read(state_dir.join("console.log")) {
+        Ok(data) => Ok(data[data.len().saturating_sub(CONSOLE_RING)..].to_vec()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Removes a gone machine's host objects. Each step tolerates "already gone", since
+/// `cleanup_orphans` may race with a supervisor doing the same.
+fn teardown(tools: &Tools, record_path: &Path, record: &Record) {
+    // The mount namespace died with its last process (before `unshare` was reaped), so
+    // the filesystems are unmounted and the loop devices free. If one is still busy,
+    // `losetup -d` marks it autoclear and the kernel detaches it when released.
+    for dev in &record.loops {
+        losetup_detach(tools, &dev.device);
+    }
+    for cg in &record.cgroups {
+        remove_cgroup(cg);
+    }
+    let _ = fs::remove_dir(&record.rootfs);
+    let _ = fs::remove_dir(&record.identity);
+    let _ = fs::remove_file(record_path);
+}
+
+fn losetup_detach(tools: &Tools, device: &str) {
+    let out = Command::new(&tools.losetup)
+        .arg("-d")
+        .arg(device)
+        .env_clear()
+        .env("PATH", SAFE_PATH)
+        .stdin(Stdio::null())
+        .output();
+    match out {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => {
+            let err = String::from_utf8_lossy(&o.stderr);
+            // Already detached (by a racing cleanup) is fine.
+            if !err.contains("No such device") {
+                tracing::warn!(%device, "losetup -d: {}", err.trim());
+            }
+        }
+        Err(e) => tracing::warn!(%device, "losetup -d: {e}"),
+    }
+}
+
+/// Removes a cgroup once its last process has gone (rmdir fails with EBUSY until then).
+fn remove_cgroup(dir: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        match fs::remove_dir(dir) {
+            Ok(()) => return,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return,
+            Err(e) => {
+                if Instant::now() >= deadline {
+                    tracing::warn!(cgroup = %dir.display(), "cannot remove cgroup: {e}");
+                    return;
+                }
+                for pid in cgroup_pids(dir) {
+                    let _ = send_signal(Pid::from_raw(pid), Signal::SIGKILL);
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+fn cgroup_dir(controller: &str, id: &str) -> PathBuf {
+    Path::new(CGROUP_ROOT)
+        .join(controller)
+        .join(CGROUP_PARENT)
+        .join(id)
+}
+
+fn cgroup_pids(dir: &Path) -> Vec<i32> {
+    fs::read_to_string(dir.join("cgroup.procs"))
+        .map(|s| s.lines().filter_map(|l| l.trim().parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+fn cgroup_oom_kills(cgroups: &[PathBuf]) -> Option<u64> {
+    let memory = cgroups
+        .iter()
+        .find(|d| d.join("memory.oom_control").exists())?;
+    let text = fs::read_to_string(memory.join("memory.oom_control")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("oom_kill "))
+        .and_then(|n| n.trim().parse().ok())
+        .filter(|&n| n > 0)
+}
+
+fn write_record(path: &Path, record: &Record) -> Result<(), EngineError> {
+    let json = serde_json::to_vec_pretty(record)
+        .map_err(|e| EngineError::Launch(format!("sandbox record: {e}")))?;
+    let tmp = path.with_extension("json.tmp");
+    fs::write(&tmp, json)?;
+    fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// Every process's PID and argv.
+fn processes() -> Vec<(i32, Vec<String>)> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|pid| {
+            let raw = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let argv = raw
+                .split(|&b| b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            Some((pid, argv))
+        })
+        .collect()
+}
+
+/// A zombie counts as gone: it holds nothing but its PID.
+fn alive(pid: i32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+fn host_mount_points() -> Vec<PathBuf> {
+    fs::read_to_string("/proc/self/mountinfo")
+        .map(|s| {
+            s.lines()
+                .filter_map(|l| l.split(' ').nth(4))
+                .map(|p| PathBuf::from(unescape_mountinfo(p)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape_mountinfo(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' && i + 3 < bytes.len() {
+            let octal = std::str::from_utf8(&bytes[i + 1..i + 4]).ok();
+            if let Some(v) = octal.and_then(|o| u8::from_str_radix(o, 8).ok()) {
+                out.push(v);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `(device, backing file)` of every attached loop device, from sysfs (losetup's own
+/// source, and not limited to the kernel's 64-byte `lo_file_name`).
+fn loop_devices(_tools: &Tools) -> Vec<(String, PathBuf)> {
+    let Ok(dir) = fs::read_dir("/sys/block") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !name.starts_with("loop") {
+                return None;
+            }
+            let backing = fs::read_to_string(e.path().join("loop/backing_file")).ok()?;
+            let backing = backing.trim_end_matches('\n');
+            let backing = backing.strip_suffix(" (deleted)").unwrap_or(backing);
+            Some((format!("/dev/{name}"), PathBuf::from(backing)))
+        })
+        .collect()
+}
+
+fn loop_numbers(device: &str) -> Result<(u32, u32), EngineError> {
+    let name = device.trim_start_matches("/dev/");
+    let text = fs::read_to_string(format!("/sys/block/{name}/dev"))?;
+    let parse = || -> Option<(u32, u32)> {
+        let (a, b) = text.trim().split_once(':')?;
+        Some((a.parse().ok()?, b.parse().ok()?))
+    };
+    parse().ok_or_else(|| EngineError::Launch(format!("cannot read device numbers of {device}")))
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Instance ids name files, cgroups and shell words: keep them to a safe alphabet.
+fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+fn valid_env_name(k: &str) -> bool {
+    let mut chars = k.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn find_tool(name: &str) -> Option<PathBuf> {
+    SAFE_PATH
+        .split(':')
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file())
+}
+
+/// Root without CAP_SYS_ADMIN (a restricted container) cannot unshare or mount either,
+/// so look at the effective capability set rather than the uid.
+fn has_cap_sys_admin() -> bool {
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .is_some_and(|caps| caps & (1 << CAP_SYS_ADMIN) != 0)
+}
