@@ -2,9 +2,12 @@
 
 pub mod api;
 pub mod auth;
+pub mod compute;
 pub mod error;
 pub mod http;
 pub mod model;
 pub mod protocol;
 pub mod regions;
+#[path = "storage_stub.rs"]
+pub mod storage;
 pub mod store;

@@ -9,7 +9,9 @@ use std::time::Instant;
 use clap::{Parser, Subcommand};
 use ec2d::api::Api;
 use ec2d::auth::Keyring;
+use ec2d::compute::{Compute, EngineChoice};
 use ec2d::http::{Server, serve};
+use ec2d::storage::Storage;
 use ec2d::store::Store;
 
 #[derive(Parser)]
@@ -27,6 +29,14 @@ struct Cli {
 enum Command {
     /// Serve the EC2 API.
     Serve(ServeArgs),
+    /// Build (or check) the built-in AMIs in the data directory's cache.
+    Images(ImagesArgs),
+}
+
+#[derive(clap::Args)]
+struct ImagesArgs {
+    #[arg(long, env = "EC2D_DATA_DIR", default_value_os_t = default_data_dir())]
+    data_dir: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -43,6 +53,10 @@ struct ServeArgs {
     /// A file of KEY:SECRET:ACCOUNT lines (# comments allowed).
     #[arg(long, value_name = "FILE")]
     credentials_file: Option<PathBuf>,
+    /// What runs instances: microvm needs hardware KVM; sandbox needs root (namespaces,
+    /// loop devices, cgroups); auto picks microvm only on hardware KVM.
+    #[arg(long, value_enum, default_value = "auto", env = "EC2D_ENGINE")]
+    engine: EngineChoice,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -66,6 +80,24 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     match cli.command {
+        Command::Images(args) => {
+            let storage = Storage::new(&args.data_dir);
+            let mut ok = true;
+            for (recipe, name, _) in ec2d::api::images::BUILTINS {
+                match storage.ensure_builtin(recipe) {
+                    Ok(img) => println!("{name}: {}", img.root_image.display()),
+                    Err(e) => {
+                        eprintln!("ec2d: building {name} failed: {e}");
+                        ok = false;
+                    }
+                }
+            }
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
         Command::Serve(args) => match run_serve(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -103,9 +135,18 @@ fn run_serve(args: ServeArgs) -> Result<(), String> {
             args.data_dir.display()
         )
     })?;
-    let store = Store::open(&args.data_dir.join("ec2d.sqlite")).map_err(|e| e.to_string())?;
+    let store =
+        Arc::new(Store::open(&args.data_dir.join("ec2d.sqlite")).map_err(|e| e.to_string())?);
+    let compute = Arc::new(Compute::new(args.engine, &args.data_dir));
+    let storage = Arc::new(Storage::new(&args.data_dir));
+    let api = Api::new(store, compute.clone(), storage);
+    match ec2d::api::instances::reconcile(&api) {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(instances = n, "restarting instances that were running"),
+        Err(e) => tracing::error!(error = %e, "reconciling instances failed"),
+    }
     let server = Arc::new(Server {
-        api: Api::new(store),
+        api,
         keys,
         started: Instant::now(),
     });
@@ -123,6 +164,10 @@ fn run_serve(args: ServeArgs) -> Result<(), String> {
             "ec2d serving the EC2 API"
         );
         serve(server, listener, shutdown_signal()).await;
+        tracing::info!("stopping machines");
+        tokio::task::spawn_blocking(move || compute.shutdown_all())
+            .await
+            .map_err(|e| format!("shutting machines down: {e}"))?;
         tracing::info!("ec2d stopped");
         Ok(())
     })

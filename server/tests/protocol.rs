@@ -256,9 +256,10 @@ fn output_cases_encode_to_what_botocore_parses_back() {
         if case["kind"] == "error" {
             // EC2's model defines no exception shapes, so ec2d's envelope carries only Code
             // and Message; cases with modelled error members do not apply.
-            let extra = case["error"]
-                .as_object()
-                .is_some_and(|e| e.keys().any(|k| k != "Error" && k != "ResponseMetadata"));
+            let extra = case["error"].as_object().is_some_and(|e| {
+                e.keys()
+                    .any(|k| !matches!(k.as_str(), "Error" | "ResponseMetadata" | "Message"))
+            });
             if extra {
                 eprintln!("output case {id}: modelled error members do not exist in EC2's model");
                 continue;

@@ -1,7 +1,9 @@
 //! EC2 actions, one module per resource family, and the machinery they share.
 
 pub mod common;
+pub mod images;
 pub mod instance_types;
+pub mod instances;
 pub mod internet_gateways;
 pub mod key_pairs;
 pub mod regions;
@@ -9,25 +11,39 @@ pub mod route_tables;
 pub mod security_groups;
 pub mod subnets;
 pub mod tags;
+pub mod volumes;
 pub mod vpcs;
 
+use std::cell::RefCell;
 use std::collections::HashSet;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
 
+use crate::compute::Compute;
 use crate::error::ApiError;
 use crate::model;
 use crate::protocol::query::{FromQuery, QueryNode};
 use crate::protocol::xml::{self, ToXml};
+use crate::storage::Storage;
 use crate::store::{Store, Tx};
 
-/// What a handler sees: the caller's scoped transaction.
+/// Work that must wait until the transaction has committed, such as starting a machine
+/// whose events will update the records just written.
+pub type Effect = Box<dyn FnOnce() + Send>;
+
+/// What a handler sees: the caller's scoped transaction and the shared services.
 pub struct Ctx<'a, 'c> {
     pub tx: &'a Tx<'c>,
+    pub api: &'a Api,
+    effects: &'a RefCell<Vec<Effect>>,
 }
 
-impl Ctx<'_, '_> {
+impl<'a, 'c> Ctx<'a, 'c> {
+    pub fn new(tx: &'a Tx<'c>, api: &'a Api, effects: &'a RefCell<Vec<Effect>>) -> Self {
+        Ctx { tx, api, effects }
+    }
+
     pub fn account(&self) -> &str {
         &self.tx.account
     }
@@ -35,11 +51,18 @@ impl Ctx<'_, '_> {
     pub fn region(&self) -> &str {
         &self.tx.region
     }
+
+    /// Runs `f` once this call's transaction has committed; dropped if it rolls back.
+    pub fn after_commit(&self, f: impl FnOnce() + Send + 'static) {
+        self.effects.borrow_mut().push(Box::new(f));
+    }
 }
 
 /// Shared API state.
 pub struct Api {
-    pub store: Store,
+    pub store: Arc<Store>,
+    pub compute: Arc<Compute>,
+    pub storage: Arc<Storage>,
     /// Scopes whose defaults (default VPC and friends) are known to exist, so the common
     /// path never writes.
     seeded: Mutex<HashSet<(String, String)>>,
@@ -52,9 +75,11 @@ pub struct Reply {
 }
 
 impl Api {
-    pub fn new(store: Store) -> Self {
+    pub fn new(store: Arc<Store>, compute: Arc<Compute>, storage: Arc<Storage>) -> Self {
         Api {
             store,
+            compute,
+            storage,
             seeded: Mutex::new(HashSet::new()),
         }
     }
@@ -91,9 +116,14 @@ impl Api {
                 return Ok(());
             }
         }
+        let effects = RefCell::new(Vec::new());
         self.store.transaction(account, region, |tx| {
             if tx.first_use()? {
-                vpcs::create_default_vpc(&Ctx { tx })?;
+                vpcs::create_default_vpc(&Ctx {
+                    tx,
+                    api: self,
+                    effects: &effects,
+                })?;
             }
             Ok(())
         })?;
@@ -135,7 +165,9 @@ impl Call<'_> {
         }
         let action = self.action;
         let request_id = self.request_id;
-        self.api.store.transaction(self.account, self.region, |tx| {
+        let api = self.api;
+        let effects = RefCell::new(Vec::new());
+        let body = api.store.transaction(self.account, self.region, |tx| {
             if let (Some(token), Some(fp)) = (&client_token, &fingerprint)
                 && let Some((stored_fp, response)) = tx.idempotent(action, token)?
             {
@@ -150,13 +182,17 @@ impl Call<'_> {
                 // The same result, under this request's own id.
                 return Ok(replace_request_id(&response, request_id));
             }
-            let output = handler(&Ctx { tx }, input)?;
+            let output = handler(&Ctx::new(tx, api, &effects), input)?;
             let body = xml::response(action, request_id, &output);
             if let (Some(token), Some(fp)) = (&client_token, &fingerprint) {
                 tx.remember(action, token, fp, &body)?;
             }
             Ok(body)
-        })
+        })?;
+        for effect in effects.into_inner() {
+            effect();
+        }
+        Ok(body)
     }
 }
 
@@ -227,6 +263,26 @@ fn dispatch(call: Call<'_>) -> Result<String, ApiError> {
         "AssociateRouteTable" => call.run(route_tables::associate_route_table),
         "DisassociateRouteTable" => call.run(route_tables::disassociate_route_table),
         "ReplaceRouteTableAssociation" => call.run(route_tables::replace_route_table_association),
+        "RunInstances" => call.run(instances::run_instances),
+        "DescribeInstances" => call.run(instances::describe_instances),
+        "TerminateInstances" => call.run(instances::terminate_instances),
+        "StopInstances" => call.run(instances::stop_instances),
+        "StartInstances" => call.run(instances::start_instances),
+        "RebootInstances" => call.run(instances::reboot_instances),
+        "DescribeInstanceStatus" => call.run(instances::describe_instance_status),
+        "GetConsoleOutput" => call.run(instances::get_console_output),
+        "DescribeInstanceAttribute" => call.run(instances::describe_instance_attribute),
+        "ModifyInstanceAttribute" => call.run(instances::modify_instance_attribute),
+        "DescribeImages" => call.run(images::describe_images),
+        "DescribeImageAttribute" => call.run(images::describe_image_attribute),
+        "ModifyImageAttribute" => call.run(images::modify_image_attribute),
+        "DeregisterImage" => call.run(images::deregister_image),
+        "CreateImage" => call.run(images::create_image),
+        "RegisterImage" => call.run(images::register_image),
+        "DescribeVolumes" => call.run(volumes::describe_volumes),
+        "CreateSnapshot" => call.run(volumes::create_snapshot),
+        "DescribeSnapshots" => call.run(volumes::describe_snapshots),
+        "DeleteSnapshot" => call.run(volumes::delete_snapshot),
         "CreateTags" => call.run(tags::create_tags),
         "DeleteTags" => call.run(tags::delete_tags),
         "DescribeTags" => call.run(tags::describe_tags),

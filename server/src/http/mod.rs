@@ -208,6 +208,9 @@ fn admin(server: &Server, path: &str) -> Response<Body> {
                 "version": env!("CARGO_PKG_VERSION"),
                 "apiVersion": API_VERSION,
                 "uptimeSeconds": server.started.elapsed().as_secs(),
+                "engine": server.api.compute.engine_name,
+                "engineUnavailable": server.api.compute.unavailable_reason(),
+                "host": server.api.compute.host,
             });
             reply(200, "application/json", body.to_string())
         }

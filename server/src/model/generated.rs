@@ -19,7 +19,9 @@ use crate::protocol::xml::{ToXml, XmlWriter};
 /// Allowed values of the model's enum shapes.
 pub mod enums {
     pub const AccountAttributeName: &[&str] = &["supported-platforms", "default-vpc"];
+    pub const AmdSevSnpSpecification: &[&str] = &["enabled", "disabled"];
     pub const ArchitectureType: &[&str] = &["i386", "x86_64", "arm64", "x86_64_mac", "arm64_mac"];
+    pub const ArchitectureValues: &[&str] = &["i386", "x86_64", "arm64", "x86_64_mac", "arm64_mac"];
     pub const AttachmentLimitType: &[&str] = &["shared", "dedicated"];
     pub const AttachmentStatus: &[&str] = &["attaching", "attached", "detaching", "detached"];
     pub const AvailabilityZoneOptInStatus: &[&str] =
@@ -34,14 +36,95 @@ pub mod enums {
     pub const BandwidthWeightingType: &[&str] = &["default", "vpc-1", "ebs-1"];
     pub const BlockPublicAccessMode: &[&str] = &["off", "block-bidirectional", "block-ingress"];
     pub const BootModeType: &[&str] = &["legacy-bios", "uefi"];
+    pub const BootModeValues: &[&str] = &["legacy-bios", "uefi", "uefi-preferred"];
+    pub const CapacityReservationPreference: &[&str] =
+        &["capacity-reservations-only", "open", "none"];
+    pub const DeviceType: &[&str] = &["ebs", "instance-store"];
     pub const DiskType: &[&str] = &["hdd", "ssd"];
     pub const EbsEncryptionSupport: &[&str] = &["unsupported", "supported"];
     pub const EbsNvmeSupport: &[&str] = &["unsupported", "supported", "required"];
     pub const EbsOptimizedSupport: &[&str] = &["unsupported", "supported", "default"];
     pub const EnaSupport: &[&str] = &["unsupported", "supported", "required"];
     pub const EphemeralNvmeSupport: &[&str] = &["unsupported", "supported", "required"];
+    pub const EventCode: &[&str] = &[
+        "instance-reboot",
+        "system-reboot",
+        "system-maintenance",
+        "instance-retirement",
+        "instance-stop",
+    ];
     pub const FlexibleEnaQueuesSupport: &[&str] = &["unsupported", "supported"];
     pub const HostnameType: &[&str] = &["ip-name", "resource-name"];
+    pub const HttpTokensState: &[&str] = &["optional", "required"];
+    pub const HypervisorType: &[&str] = &["ovm", "xen"];
+    pub const ImageAttributeName: &[&str] = &[
+        "description",
+        "kernel",
+        "ramdisk",
+        "launchPermission",
+        "productCodes",
+        "blockDeviceMapping",
+        "sriovNetSupport",
+        "bootMode",
+        "tpmSupport",
+        "uefiData",
+        "lastLaunchedTime",
+        "imdsSupport",
+        "deregistrationProtection",
+    ];
+    pub const ImageState: &[&str] = &[
+        "pending",
+        "available",
+        "invalid",
+        "deregistered",
+        "transient",
+        "failed",
+        "error",
+        "disabled",
+    ];
+    pub const ImageTypeValues: &[&str] = &["machine", "kernel", "ramdisk"];
+    pub const ImdsSupportValues: &[&str] = &["v2.0"];
+    pub const InstanceAttributeName: &[&str] = &[
+        "instanceType",
+        "kernel",
+        "ramdisk",
+        "userData",
+        "disableApiTermination",
+        "instanceInitiatedShutdownBehavior",
+        "rootDeviceName",
+        "blockDeviceMapping",
+        "productCodes",
+        "sourceDestCheck",
+        "groupSet",
+        "ebsOptimized",
+        "sriovNetSupport",
+        "enaSupport",
+        "enclaveOptions",
+        "disableApiStop",
+    ];
+    pub const InstanceAutoRecoveryState: &[&str] = &["disabled", "default"];
+    pub const InstanceBandwidthWeighting: &[&str] = &["default", "vpc-1", "ebs-1"];
+    pub const InstanceBootModeValues: &[&str] = &["legacy-bios", "uefi"];
+    pub const InstanceInterruptionBehavior: &[&str] = &["hibernate", "stop", "terminate"];
+    pub const InstanceLifecycleType: &[&str] = &[
+        "spot",
+        "scheduled",
+        "capacity-block",
+        "interruptible-capacity-reservation",
+    ];
+    pub const InstanceMetadataEndpointState: &[&str] = &["disabled", "enabled"];
+    pub const InstanceMetadataOptionsState: &[&str] = &["pending", "applied"];
+    pub const InstanceMetadataProtocolState: &[&str] = &["disabled", "enabled"];
+    pub const InstanceMetadataTagsState: &[&str] = &["disabled", "enabled"];
+    pub const InstanceRebootMigrationState: &[&str] = &["disabled", "default"];
+    pub const InstanceStateName: &[&str] = &[
+        "pending",
+        "running",
+        "shutting-down",
+        "terminated",
+        "stopping",
+        "stopped",
+    ];
     pub const InstanceStorageEncryptionSupport: &[&str] = &["unsupported", "required"];
     pub const InstanceType: &[&str] = &[
         "a1.medium",
@@ -1268,10 +1351,28 @@ pub mod enums {
         "availability-zone-id",
         "outpost",
     ];
+    pub const MarketType: &[&str] = &[
+        "spot",
+        "capacity-block",
+        "interruptible-capacity-reservation",
+    ];
+    pub const MonitoringState: &[&str] = &["disabled", "disabling", "enabled", "pending"];
+    pub const NestedVirtualizationSpecification: &[&str] = &["enabled", "disabled"];
+    pub const NetworkInterfaceStatus: &[&str] = &[
+        "available",
+        "associated",
+        "attaching",
+        "in-use",
+        "detaching",
+    ];
     pub const NitroEnclavesSupport: &[&str] = &["unsupported", "supported"];
     pub const NitroTpmSupport: &[&str] = &["unsupported", "supported"];
+    pub const OperationType: &[&str] = &["add", "remove"];
+    pub const PermissionGroup: &[&str] = &["all"];
     pub const PhcSupport: &[&str] = &["unsupported", "supported"];
     pub const PlacementGroupStrategy: &[&str] = &["cluster", "partition", "spread"];
+    pub const PlatformValues: &[&str] = &["Windows"];
+    pub const ProductCodeValues: &[&str] = &["devpay", "marketplace"];
     pub const RebootMigrationSupport: &[&str] = &["unsupported", "supported"];
     pub const ResourceType: &[&str] = &[
         "capacity-reservation",
@@ -1398,6 +1499,24 @@ pub mod enums {
         "disassociated",
         "failed",
     ];
+    pub const SSEType: &[&str] = &["sse-ebs", "sse-kms", "none"];
+    pub const SecondaryInterfaceStatus: &[&str] = &["available", "in-use"];
+    pub const SecondaryInterfaceType: &[&str] = &["secondary"];
+    pub const ShutdownBehavior: &[&str] = &["stop", "terminate"];
+    pub const SnapshotLocationEnum: &[&str] = &["regional", "local"];
+    pub const SnapshotReturnCodes: &[&str] = &[
+        "success",
+        "skipped",
+        "missing-permissions",
+        "internal-error",
+        "client-error",
+    ];
+    pub const SnapshotState: &[&str] =
+        &["pending", "completed", "error", "recoverable", "recovering"];
+    pub const SpotInstanceType: &[&str] = &["one-time", "persistent"];
+    pub const StatusName: &[&str] = &["reachability"];
+    pub const StatusType: &[&str] = &["passed", "failed", "insufficient-data", "initializing"];
+    pub const StorageTier: &[&str] = &["archive", "standard"];
     pub const SubnetCidrBlockStateCode: &[&str] = &[
         "associating",
         "associated",
@@ -1413,11 +1532,31 @@ pub mod enums {
         "failed",
         "failed-insufficient-capacity",
     ];
+    pub const SummaryStatus: &[&str] = &[
+        "ok",
+        "impaired",
+        "insufficient-data",
+        "not-applicable",
+        "initializing",
+    ];
     pub const SupportedAdditionalProcessorFeature: &[&str] =
         &["amd-sev-snp", "nested-virtualization"];
     pub const Tenancy: &[&str] = &["default", "dedicated", "host"];
+    pub const TpmSupportValues: &[&str] = &["v2.0"];
+    pub const TransferType: &[&str] = &["time-based", "standard"];
     pub const UsageClassType: &[&str] = &["spot", "on-demand", "capacity-block"];
     pub const VirtualizationType: &[&str] = &["hvm", "paravirtual"];
+    pub const VolumeAttachmentState: &[&str] =
+        &["attaching", "attached", "detaching", "detached", "busy"];
+    pub const VolumeState: &[&str] = &[
+        "creating",
+        "available",
+        "in-use",
+        "deleting",
+        "deleted",
+        "error",
+    ];
+    pub const VolumeType: &[&str] = &["standard", "io1", "io2", "gp2", "sc1", "st1", "gp3"];
     pub const VpcAttributeName: &[&str] = &[
         "enableDnsSupport",
         "enableDnsHostnames",
@@ -1652,6 +1791,30 @@ impl FromQuery for AttributeBooleanValue {
 }
 
 impl ToXml for AttributeBooleanValue {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("value", self.value.as_ref());
+    }
+}
+
+/// Shape `AttributeValue`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AttributeValue {
+    /// Member `Value`.
+    #[serde(rename = "Value", default, skip_serializing_if = "Option::is_none")]
+    pub value: ::std::option::Option<::std::string::String>,
+}
+
+impl FromQuery for AttributeValue {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            value: node.member(path, "Value")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for AttributeValue {
     fn write_members(&self, w: &mut XmlWriter) {
         w.field("value", self.value.as_ref());
     }
@@ -2127,6 +2290,77 @@ impl ToXml for AvailabilityZoneSubGeography {
     }
 }
 
+/// Shape `BlobAttributeValue`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct BlobAttributeValue {
+    /// Member `Value`.
+    #[serde(rename = "Value", default, skip_serializing_if = "Option::is_none")]
+    pub value: ::std::option::Option<Blob>,
+}
+
+impl FromQuery for BlobAttributeValue {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            value: node.member(path, "Value")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for BlobAttributeValue {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("value", self.value.as_ref());
+    }
+}
+
+/// Shape `BlockDeviceMapping`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct BlockDeviceMapping {
+    /// Member `DeviceName`.
+    #[serde(
+        rename = "DeviceName",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub device_name: ::std::option::Option<::std::string::String>,
+    /// Member `Ebs`.
+    #[serde(rename = "Ebs", default, skip_serializing_if = "Option::is_none")]
+    pub ebs: ::std::option::Option<EbsBlockDevice>,
+    /// Member `NoDevice`.
+    #[serde(rename = "NoDevice", default, skip_serializing_if = "Option::is_none")]
+    pub no_device: ::std::option::Option<::std::string::String>,
+    /// Member `VirtualName`.
+    #[serde(
+        rename = "VirtualName",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub virtual_name: ::std::option::Option<::std::string::String>,
+}
+
+impl FromQuery for BlockDeviceMapping {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            device_name: node.member(path, "DeviceName")?,
+            ebs: node.member(path, "Ebs")?,
+            no_device: node.member(path, "NoDevice")?,
+            virtual_name: node.member(path, "VirtualName")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for BlockDeviceMapping {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("deviceName", self.device_name.as_ref());
+        w.field("ebs", self.ebs.as_ref());
+        w.field("noDevice", self.no_device.as_ref());
+        w.field("virtualName", self.virtual_name.as_ref());
+    }
+}
+
 /// Shape `BlockPublicAccessStates`.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct BlockPublicAccessStates {
@@ -2164,6 +2398,523 @@ impl ToXml for BlockPublicAccessStates {
             "internetGatewayBlockMode",
             self.internet_gateway_block_mode.as_ref(),
         );
+    }
+}
+
+/// Shape `CapacityReservationSpecification`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CapacityReservationSpecification {
+    /// Member `CapacityReservationPreference`.
+    #[serde(
+        rename = "CapacityReservationPreference",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub capacity_reservation_preference: ::std::option::Option<::std::string::String>,
+    /// Member `CapacityReservationTarget`.
+    #[serde(
+        rename = "CapacityReservationTarget",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub capacity_reservation_target: ::std::option::Option<CapacityReservationTarget>,
+}
+
+impl FromQuery for CapacityReservationSpecification {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            capacity_reservation_preference: node.member(path, "CapacityReservationPreference")?,
+            capacity_reservation_target: node.member(path, "CapacityReservationTarget")?,
+        };
+        node.finish(path)?;
+        query::check_enum(
+            path,
+            "CapacityReservationPreference",
+            value
+                .capacity_reservation_preference
+                .as_ref()
+                .map(|s| s.as_str()),
+            enums::CapacityReservationPreference,
+        )?;
+        Ok(value)
+    }
+}
+
+impl ToXml for CapacityReservationSpecification {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field(
+            "CapacityReservationPreference",
+            self.capacity_reservation_preference.as_ref(),
+        );
+        w.field(
+            "CapacityReservationTarget",
+            self.capacity_reservation_target.as_ref(),
+        );
+    }
+}
+
+/// Shape `CapacityReservationSpecificationResponse`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CapacityReservationSpecificationResponse {
+    /// Member `CapacityReservationPreference`.
+    #[serde(
+        rename = "CapacityReservationPreference",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub capacity_reservation_preference: ::std::option::Option<::std::string::String>,
+    /// Member `CapacityReservationTarget`.
+    #[serde(
+        rename = "CapacityReservationTarget",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub capacity_reservation_target: ::std::option::Option<CapacityReservationTargetResponse>,
+}
+
+impl FromQuery for CapacityReservationSpecificationResponse {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            capacity_reservation_preference: node.member(path, "CapacityReservationPreference")?,
+            capacity_reservation_target: node.member(path, "CapacityReservationTarget")?,
+        };
+        node.finish(path)?;
+        query::check_enum(
+            path,
+            "CapacityReservationPreference",
+            value
+                .capacity_reservation_preference
+                .as_ref()
+                .map(|s| s.as_str()),
+            enums::CapacityReservationPreference,
+        )?;
+        Ok(value)
+    }
+}
+
+impl ToXml for CapacityReservationSpecificationResponse {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field(
+            "capacityReservationPreference",
+            self.capacity_reservation_preference.as_ref(),
+        );
+        w.field(
+            "capacityReservationTarget",
+            self.capacity_reservation_target.as_ref(),
+        );
+    }
+}
+
+/// Shape `CapacityReservationTarget`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CapacityReservationTarget {
+    /// Member `CapacityReservationId`.
+    #[serde(
+        rename = "CapacityReservationId",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub capacity_reservation_id: ::std::option::Option<::std::string::String>,
+    /// Member `CapacityReservationResourceGroupArn`.
+    #[serde(
+        rename = "CapacityReservationResourceGroupArn",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub capacity_reservation_resource_group_arn: ::std::option::Option<::std::string::String>,
+}
+
+impl FromQuery for CapacityReservationTarget {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            capacity_reservation_id: node.member(path, "CapacityReservationId")?,
+            capacity_reservation_resource_group_arn: node
+                .member(path, "CapacityReservationResourceGroupArn")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for CapacityReservationTarget {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field(
+            "CapacityReservationId",
+            self.capacity_reservation_id.as_ref(),
+        );
+        w.field(
+            "CapacityReservationResourceGroupArn",
+            self.capacity_reservation_resource_group_arn.as_ref(),
+        );
+    }
+}
+
+/// Shape `CapacityReservationTargetResponse`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CapacityReservationTargetResponse {
+    /// Member `CapacityReservationId`.
+    #[serde(
+        rename = "CapacityReservationId",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub capacity_reservation_id: ::std::option::Option<::std::string::String>,
+    /// Member `CapacityReservationResourceGroupArn`.
+    #[serde(
+        rename = "CapacityReservationResourceGroupArn",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub capacity_reservation_resource_group_arn: ::std::option::Option<::std::string::String>,
+}
+
+impl FromQuery for CapacityReservationTargetResponse {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            capacity_reservation_id: node.member(path, "CapacityReservationId")?,
+            capacity_reservation_resource_group_arn: node
+                .member(path, "CapacityReservationResourceGroupArn")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for CapacityReservationTargetResponse {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field(
+            "capacityReservationId",
+            self.capacity_reservation_id.as_ref(),
+        );
+        w.field(
+            "capacityReservationResourceGroupArn",
+            self.capacity_reservation_resource_group_arn.as_ref(),
+        );
+    }
+}
+
+/// Shape `ConnectionTrackingSpecificationRequest`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ConnectionTrackingSpecificationRequest {
+    /// Member `TcpEstablishedTimeout`.
+    #[serde(
+        rename = "TcpEstablishedTimeout",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub tcp_established_timeout: ::std::option::Option<i32>,
+    /// Member `UdpStreamTimeout`.
+    #[serde(
+        rename = "UdpStreamTimeout",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub udp_stream_timeout: ::std::option::Option<i32>,
+    /// Member `UdpTimeout`.
+    #[serde(
+        rename = "UdpTimeout",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub udp_timeout: ::std::option::Option<i32>,
+}
+
+impl FromQuery for ConnectionTrackingSpecificationRequest {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            tcp_established_timeout: node.member(path, "TcpEstablishedTimeout")?,
+            udp_stream_timeout: node.member(path, "UdpStreamTimeout")?,
+            udp_timeout: node.member(path, "UdpTimeout")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for ConnectionTrackingSpecificationRequest {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field(
+            "TcpEstablishedTimeout",
+            self.tcp_established_timeout.as_ref(),
+        );
+        w.field("UdpStreamTimeout", self.udp_stream_timeout.as_ref());
+        w.field("UdpTimeout", self.udp_timeout.as_ref());
+    }
+}
+
+/// Shape `ConnectionTrackingSpecificationResponse`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ConnectionTrackingSpecificationResponse {
+    /// Member `TcpEstablishedTimeout`.
+    #[serde(
+        rename = "TcpEstablishedTimeout",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub tcp_established_timeout: ::std::option::Option<i32>,
+    /// Member `UdpStreamTimeout`.
+    #[serde(
+        rename = "UdpStreamTimeout",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub udp_stream_timeout: ::std::option::Option<i32>,
+    /// Member `UdpTimeout`.
+    #[serde(
+        rename = "UdpTimeout",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub udp_timeout: ::std::option::Option<i32>,
+}
+
+impl FromQuery for ConnectionTrackingSpecificationResponse {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            tcp_established_timeout: node.member(path, "TcpEstablishedTimeout")?,
+            udp_stream_timeout: node.member(path, "UdpStreamTimeout")?,
+            udp_timeout: node.member(path, "UdpTimeout")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for ConnectionTrackingSpecificationResponse {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field(
+            "tcpEstablishedTimeout",
+            self.tcp_established_timeout.as_ref(),
+        );
+        w.field("udpStreamTimeout", self.udp_stream_timeout.as_ref());
+        w.field("udpTimeout", self.udp_timeout.as_ref());
+    }
+}
+
+/// Shape `CpuOptions`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CpuOptions {
+    /// Member `AmdSevSnp`.
+    #[serde(rename = "AmdSevSnp", default, skip_serializing_if = "Option::is_none")]
+    pub amd_sev_snp: ::std::option::Option<::std::string::String>,
+    /// Member `CoreCount`.
+    #[serde(rename = "CoreCount", default, skip_serializing_if = "Option::is_none")]
+    pub core_count: ::std::option::Option<i32>,
+    /// Member `NestedVirtualization`.
+    #[serde(
+        rename = "NestedVirtualization",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub nested_virtualization: ::std::option::Option<::std::string::String>,
+    /// Member `ThreadsPerCore`.
+    #[serde(
+        rename = "ThreadsPerCore",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub threads_per_core: ::std::option::Option<i32>,
+}
+
+impl FromQuery for CpuOptions {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            amd_sev_snp: node.member(path, "AmdSevSnp")?,
+            core_count: node.member(path, "CoreCount")?,
+            nested_virtualization: node.member(path, "NestedVirtualization")?,
+            threads_per_core: node.member(path, "ThreadsPerCore")?,
+        };
+        node.finish(path)?;
+        query::check_enum(
+            path,
+            "AmdSevSnp",
+            value.amd_sev_snp.as_ref().map(|s| s.as_str()),
+            enums::AmdSevSnpSpecification,
+        )?;
+        query::check_enum(
+            path,
+            "NestedVirtualization",
+            value.nested_virtualization.as_ref().map(|s| s.as_str()),
+            enums::NestedVirtualizationSpecification,
+        )?;
+        Ok(value)
+    }
+}
+
+impl ToXml for CpuOptions {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("amdSevSnp", self.amd_sev_snp.as_ref());
+        w.field("coreCount", self.core_count.as_ref());
+        w.field("nestedVirtualization", self.nested_virtualization.as_ref());
+        w.field("threadsPerCore", self.threads_per_core.as_ref());
+    }
+}
+
+/// Shape `CpuOptionsRequest`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CpuOptionsRequest {
+    /// Member `AmdSevSnp`.
+    #[serde(rename = "AmdSevSnp", default, skip_serializing_if = "Option::is_none")]
+    pub amd_sev_snp: ::std::option::Option<::std::string::String>,
+    /// Member `CoreCount`.
+    #[serde(rename = "CoreCount", default, skip_serializing_if = "Option::is_none")]
+    pub core_count: ::std::option::Option<i32>,
+    /// Member `NestedVirtualization`.
+    #[serde(
+        rename = "NestedVirtualization",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub nested_virtualization: ::std::option::Option<::std::string::String>,
+    /// Member `ThreadsPerCore`.
+    #[serde(
+        rename = "ThreadsPerCore",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub threads_per_core: ::std::option::Option<i32>,
+}
+
+impl FromQuery for CpuOptionsRequest {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            amd_sev_snp: node.member(path, "AmdSevSnp")?,
+            core_count: node.member(path, "CoreCount")?,
+            nested_virtualization: node.member(path, "NestedVirtualization")?,
+            threads_per_core: node.member(path, "ThreadsPerCore")?,
+        };
+        node.finish(path)?;
+        query::check_enum(
+            path,
+            "AmdSevSnp",
+            value.amd_sev_snp.as_ref().map(|s| s.as_str()),
+            enums::AmdSevSnpSpecification,
+        )?;
+        query::check_enum(
+            path,
+            "NestedVirtualization",
+            value.nested_virtualization.as_ref().map(|s| s.as_str()),
+            enums::NestedVirtualizationSpecification,
+        )?;
+        Ok(value)
+    }
+}
+
+impl ToXml for CpuOptionsRequest {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("AmdSevSnp", self.amd_sev_snp.as_ref());
+        w.field("CoreCount", self.core_count.as_ref());
+        w.field("NestedVirtualization", self.nested_virtualization.as_ref());
+        w.field("ThreadsPerCore", self.threads_per_core.as_ref());
+    }
+}
+
+/// Shape `CreateImageRequest`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CreateImageRequest {
+    /// Member `BlockDeviceMappings`.
+    #[serde(
+        rename = "BlockDeviceMappings",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub block_device_mappings: ::std::option::Option<::std::vec::Vec<BlockDeviceMapping>>,
+    /// Member `Description`.
+    #[serde(
+        rename = "Description",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub description: ::std::option::Option<::std::string::String>,
+    /// Member `DryRun`.
+    #[serde(rename = "DryRun", default, skip_serializing_if = "Option::is_none")]
+    pub dry_run: ::std::option::Option<bool>,
+    /// Member `InstanceId`.
+    #[serde(rename = "InstanceId", default)]
+    pub instance_id: ::std::string::String,
+    /// Member `Name`.
+    #[serde(rename = "Name", default)]
+    pub name: ::std::string::String,
+    /// Member `NoReboot`.
+    #[serde(rename = "NoReboot", default, skip_serializing_if = "Option::is_none")]
+    pub no_reboot: ::std::option::Option<bool>,
+    /// Member `SnapshotLocation`.
+    #[serde(
+        rename = "SnapshotLocation",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub snapshot_location: ::std::option::Option<::std::string::String>,
+    /// Member `TagSpecifications`.
+    #[serde(
+        rename = "TagSpecifications",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub tag_specifications: ::std::option::Option<::std::vec::Vec<TagSpecification>>,
+}
+
+impl FromQuery for CreateImageRequest {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            block_device_mappings: node.member(path, "BlockDeviceMapping")?,
+            description: node.member(path, "Description")?,
+            dry_run: node.member(path, "DryRun")?,
+            instance_id: node.required(path, "InstanceId")?,
+            name: node.required(path, "Name")?,
+            no_reboot: node.member(path, "NoReboot")?,
+            snapshot_location: node.member(path, "SnapshotLocation")?,
+            tag_specifications: node.member(path, "TagSpecification")?,
+        };
+        node.finish(path)?;
+        query::check_enum(
+            path,
+            "SnapshotLocation",
+            value.snapshot_location.as_ref().map(|s| s.as_str()),
+            enums::SnapshotLocationEnum,
+        )?;
+        Ok(value)
+    }
+}
+
+impl ToXml for CreateImageRequest {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.list(
+            "blockDeviceMapping",
+            "BlockDeviceMapping",
+            self.block_device_mappings.as_ref(),
+        );
+        w.field("description", self.description.as_ref());
+        w.field("dryRun", self.dry_run.as_ref());
+        w.field("instanceId", Some(&self.instance_id));
+        w.field("name", Some(&self.name));
+        w.field("noReboot", self.no_reboot.as_ref());
+        w.field("SnapshotLocation", self.snapshot_location.as_ref());
+        w.list("TagSpecification", "item", self.tag_specifications.as_ref());
+    }
+}
+
+/// Shape `CreateImageResult`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CreateImageResult {
+    /// Member `ImageId`.
+    #[serde(rename = "ImageId", default, skip_serializing_if = "Option::is_none")]
+    pub image_id: ::std::option::Option<::std::string::String>,
+}
+
+impl FromQuery for CreateImageResult {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            image_id: node.member(path, "ImageId")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for CreateImageResult {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("imageId", self.image_id.as_ref());
     }
 }
 
@@ -2654,6 +3405,73 @@ impl ToXml for CreateSecurityGroupResult {
     }
 }
 
+/// Shape `CreateSnapshotRequest`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CreateSnapshotRequest {
+    /// Member `Description`.
+    #[serde(
+        rename = "Description",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub description: ::std::option::Option<::std::string::String>,
+    /// Member `DryRun`.
+    #[serde(rename = "DryRun", default, skip_serializing_if = "Option::is_none")]
+    pub dry_run: ::std::option::Option<bool>,
+    /// Member `Location`.
+    #[serde(rename = "Location", default, skip_serializing_if = "Option::is_none")]
+    pub location: ::std::option::Option<::std::string::String>,
+    /// Member `OutpostArn`.
+    #[serde(
+        rename = "OutpostArn",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub outpost_arn: ::std::option::Option<::std::string::String>,
+    /// Member `TagSpecifications`.
+    #[serde(
+        rename = "TagSpecifications",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub tag_specifications: ::std::option::Option<::std::vec::Vec<TagSpecification>>,
+    /// Member `VolumeId`.
+    #[serde(rename = "VolumeId", default)]
+    pub volume_id: ::std::string::String,
+}
+
+impl FromQuery for CreateSnapshotRequest {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            description: node.member(path, "Description")?,
+            dry_run: node.member(path, "DryRun")?,
+            location: node.member(path, "Location")?,
+            outpost_arn: node.member(path, "OutpostArn")?,
+            tag_specifications: node.member(path, "TagSpecification")?,
+            volume_id: node.required(path, "VolumeId")?,
+        };
+        node.finish(path)?;
+        query::check_enum(
+            path,
+            "Location",
+            value.location.as_ref().map(|s| s.as_str()),
+            enums::SnapshotLocationEnum,
+        )?;
+        Ok(value)
+    }
+}
+
+impl ToXml for CreateSnapshotRequest {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("Description", self.description.as_ref());
+        w.field("dryRun", self.dry_run.as_ref());
+        w.field("Location", self.location.as_ref());
+        w.field("OutpostArn", self.outpost_arn.as_ref());
+        w.list("TagSpecification", "item", self.tag_specifications.as_ref());
+        w.field("VolumeId", Some(&self.volume_id));
+    }
+}
+
 /// Shape `CreateSubnetRequest`.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct CreateSubnetRequest {
@@ -2997,6 +3815,30 @@ impl ToXml for CreateVpcResult {
     }
 }
 
+/// Shape `CreditSpecificationRequest`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CreditSpecificationRequest {
+    /// Member `CpuCredits`.
+    #[serde(rename = "CpuCredits", default)]
+    pub cpu_credits: ::std::string::String,
+}
+
+impl FromQuery for CreditSpecificationRequest {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            cpu_credits: node.required(path, "CpuCredits")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for CreditSpecificationRequest {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("CpuCredits", Some(&self.cpu_credits));
+    }
+}
+
 /// Shape `DefaultConnectionTrackingConfiguration`.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct DefaultConnectionTrackingConfiguration {
@@ -3295,6 +4137,78 @@ impl ToXml for DeleteSecurityGroupResult {
     }
 }
 
+/// Shape `DeleteSnapshotRequest`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DeleteSnapshotRequest {
+    /// Member `DryRun`.
+    #[serde(rename = "DryRun", default, skip_serializing_if = "Option::is_none")]
+    pub dry_run: ::std::option::Option<bool>,
+    /// Member `SnapshotId`.
+    #[serde(rename = "SnapshotId", default)]
+    pub snapshot_id: ::std::string::String,
+}
+
+impl FromQuery for DeleteSnapshotRequest {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            dry_run: node.member(path, "DryRun")?,
+            snapshot_id: node.required(path, "SnapshotId")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for DeleteSnapshotRequest {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("dryRun", self.dry_run.as_ref());
+        w.field("SnapshotId", Some(&self.snapshot_id));
+    }
+}
+
+/// Shape `DeleteSnapshotReturnCode`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DeleteSnapshotReturnCode {
+    /// Member `ReturnCode`.
+    #[serde(
+        rename = "ReturnCode",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub return_code: ::std::option::Option<::std::string::String>,
+    /// Member `SnapshotId`.
+    #[serde(
+        rename = "SnapshotId",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub snapshot_id: ::std::option::Option<::std::string::String>,
+}
+
+impl FromQuery for DeleteSnapshotReturnCode {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            return_code: node.member(path, "ReturnCode")?,
+            snapshot_id: node.member(path, "SnapshotId")?,
+        };
+        node.finish(path)?;
+        query::check_enum(
+            path,
+            "ReturnCode",
+            value.return_code.as_ref().map(|s| s.as_str()),
+            enums::SnapshotReturnCodes,
+        )?;
+        Ok(value)
+    }
+}
+
+impl ToXml for DeleteSnapshotReturnCode {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("returnCode", self.return_code.as_ref());
+        w.field("snapshotId", self.snapshot_id.as_ref());
+    }
+}
+
 /// Shape `DeleteSubnetRequest`.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct DeleteSubnetRequest {
@@ -3384,6 +4298,84 @@ impl ToXml for DeleteVpcRequest {
     fn write_members(&self, w: &mut XmlWriter) {
         w.field("dryRun", self.dry_run.as_ref());
         w.field("VpcId", Some(&self.vpc_id));
+    }
+}
+
+/// Shape `DeregisterImageRequest`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DeregisterImageRequest {
+    /// Member `DeleteAssociatedSnapshots`.
+    #[serde(
+        rename = "DeleteAssociatedSnapshots",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub delete_associated_snapshots: ::std::option::Option<bool>,
+    /// Member `DryRun`.
+    #[serde(rename = "DryRun", default, skip_serializing_if = "Option::is_none")]
+    pub dry_run: ::std::option::Option<bool>,
+    /// Member `ImageId`.
+    #[serde(rename = "ImageId", default)]
+    pub image_id: ::std::string::String,
+}
+
+impl FromQuery for DeregisterImageRequest {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            delete_associated_snapshots: node.member(path, "DeleteAssociatedSnapshots")?,
+            dry_run: node.member(path, "DryRun")?,
+            image_id: node.required(path, "ImageId")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for DeregisterImageRequest {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field(
+            "DeleteAssociatedSnapshots",
+            self.delete_associated_snapshots.as_ref(),
+        );
+        w.field("dryRun", self.dry_run.as_ref());
+        w.field("ImageId", Some(&self.image_id));
+    }
+}
+
+/// Shape `DeregisterImageResult`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DeregisterImageResult {
+    /// Member `DeleteSnapshotResults`.
+    #[serde(
+        rename = "DeleteSnapshotResults",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub delete_snapshot_results: ::std::option::Option<::std::vec::Vec<DeleteSnapshotReturnCode>>,
+    /// Member `Return`.
+    #[serde(rename = "Return", default, skip_serializing_if = "Option::is_none")]
+    pub r#return: ::std::option::Option<bool>,
+}
+
+impl FromQuery for DeregisterImageResult {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            delete_snapshot_results: node.member(path, "DeleteSnapshotResultSet")?,
+            r#return: node.member(path, "Return")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for DeregisterImageResult {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.list(
+            "deleteSnapshotResultSet",
+            "item",
+            self.delete_snapshot_results.as_ref(),
+        );
+        w.field("return", self.r#return.as_ref());
     }
 }
 
@@ -3539,6 +4531,305 @@ impl ToXml for DescribeAvailabilityZonesResult {
             "item",
             self.availability_zones.as_ref(),
         );
+    }
+}
+
+/// Shape `DescribeImageAttributeRequest`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DescribeImageAttributeRequest {
+    /// Member `Attribute`.
+    #[serde(rename = "Attribute", default)]
+    pub attribute: ::std::string::String,
+    /// Member `DryRun`.
+    #[serde(rename = "DryRun", default, skip_serializing_if = "Option::is_none")]
+    pub dry_run: ::std::option::Option<bool>,
+    /// Member `ImageId`.
+    #[serde(rename = "ImageId", default)]
+    pub image_id: ::std::string::String,
+}
+
+impl FromQuery for DescribeImageAttributeRequest {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            attribute: node.required(path, "Attribute")?,
+            dry_run: node.member(path, "DryRun")?,
+            image_id: node.required(path, "ImageId")?,
+        };
+        node.finish(path)?;
+        query::check_enum(
+            path,
+            "Attribute",
+            Some(&value.attribute).map(|s| s.as_str()),
+            enums::ImageAttributeName,
+        )?;
+        Ok(value)
+    }
+}
+
+impl ToXml for DescribeImageAttributeRequest {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("Attribute", Some(&self.attribute));
+        w.field("dryRun", self.dry_run.as_ref());
+        w.field("ImageId", Some(&self.image_id));
+    }
+}
+
+/// Shape `DescribeImagesRequest`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DescribeImagesRequest {
+    /// Member `DryRun`.
+    #[serde(rename = "DryRun", default, skip_serializing_if = "Option::is_none")]
+    pub dry_run: ::std::option::Option<bool>,
+    /// Member `ExecutableUsers`.
+    #[serde(
+        rename = "ExecutableUsers",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub executable_users: ::std::option::Option<::std::vec::Vec<::std::string::String>>,
+    /// Member `Filters`.
+    #[serde(rename = "Filters", default, skip_serializing_if = "Option::is_none")]
+    pub filters: ::std::option::Option<::std::vec::Vec<Filter>>,
+    /// Member `ImageIds`.
+    #[serde(rename = "ImageIds", default, skip_serializing_if = "Option::is_none")]
+    pub image_ids: ::std::option::Option<::std::vec::Vec<::std::string::String>>,
+    /// Member `IncludeDeprecated`.
+    #[serde(
+        rename = "IncludeDeprecated",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub include_deprecated: ::std::option::Option<bool>,
+    /// Member `IncludeDisabled`.
+    #[serde(
+        rename = "IncludeDisabled",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub include_disabled: ::std::option::Option<bool>,
+    /// Member `MaxResults`.
+    #[serde(
+        rename = "MaxResults",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_results: ::std::option::Option<i32>,
+    /// Member `NextToken`.
+    #[serde(rename = "NextToken", default, skip_serializing_if = "Option::is_none")]
+    pub next_token: ::std::option::Option<::std::string::String>,
+    /// Member `Owners`.
+    #[serde(rename = "Owners", default, skip_serializing_if = "Option::is_none")]
+    pub owners: ::std::option::Option<::std::vec::Vec<::std::string::String>>,
+}
+
+impl FromQuery for DescribeImagesRequest {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            dry_run: node.member(path, "DryRun")?,
+            executable_users: node.member(path, "ExecutableBy")?,
+            filters: node.member(path, "Filter")?,
+            image_ids: node.member(path, "ImageId")?,
+            include_deprecated: node.member(path, "IncludeDeprecated")?,
+            include_disabled: node.member(path, "IncludeDisabled")?,
+            max_results: node.member(path, "MaxResults")?,
+            next_token: node.member(path, "NextToken")?,
+            owners: node.member(path, "Owner")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for DescribeImagesRequest {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("dryRun", self.dry_run.as_ref());
+        w.list(
+            "ExecutableBy",
+            "ExecutableBy",
+            self.executable_users.as_ref(),
+        );
+        w.list("Filter", "Filter", self.filters.as_ref());
+        w.list("ImageId", "ImageId", self.image_ids.as_ref());
+        w.field("IncludeDeprecated", self.include_deprecated.as_ref());
+        w.field("IncludeDisabled", self.include_disabled.as_ref());
+        w.field("MaxResults", self.max_results.as_ref());
+        w.field("NextToken", self.next_token.as_ref());
+        w.list("Owner", "Owner", self.owners.as_ref());
+    }
+}
+
+/// Shape `DescribeImagesResult`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DescribeImagesResult {
+    /// Member `Images`.
+    #[serde(rename = "Images", default, skip_serializing_if = "Option::is_none")]
+    pub images: ::std::option::Option<::std::vec::Vec<Image>>,
+    /// Member `NextToken`.
+    #[serde(rename = "NextToken", default, skip_serializing_if = "Option::is_none")]
+    pub next_token: ::std::option::Option<::std::string::String>,
+}
+
+impl FromQuery for DescribeImagesResult {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            images: node.member(path, "ImagesSet")?,
+            next_token: node.member(path, "NextToken")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for DescribeImagesResult {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.list("imagesSet", "item", self.images.as_ref());
+        w.field("nextToken", self.next_token.as_ref());
+    }
+}
+
+/// Shape `DescribeInstanceAttributeRequest`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DescribeInstanceAttributeRequest {
+    /// Member `Attribute`.
+    #[serde(rename = "Attribute", default)]
+    pub attribute: ::std::string::String,
+    /// Member `DryRun`.
+    #[serde(rename = "DryRun", default, skip_serializing_if = "Option::is_none")]
+    pub dry_run: ::std::option::Option<bool>,
+    /// Member `InstanceId`.
+    #[serde(rename = "InstanceId", default)]
+    pub instance_id: ::std::string::String,
+}
+
+impl FromQuery for DescribeInstanceAttributeRequest {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            attribute: node.required(path, "Attribute")?,
+            dry_run: node.member(path, "DryRun")?,
+            instance_id: node.required(path, "InstanceId")?,
+        };
+        node.finish(path)?;
+        query::check_enum(
+            path,
+            "Attribute",
+            Some(&value.attribute).map(|s| s.as_str()),
+            enums::InstanceAttributeName,
+        )?;
+        Ok(value)
+    }
+}
+
+impl ToXml for DescribeInstanceAttributeRequest {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("attribute", Some(&self.attribute));
+        w.field("dryRun", self.dry_run.as_ref());
+        w.field("instanceId", Some(&self.instance_id));
+    }
+}
+
+/// Shape `DescribeInstanceStatusRequest`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DescribeInstanceStatusRequest {
+    /// Member `DryRun`.
+    #[serde(rename = "DryRun", default, skip_serializing_if = "Option::is_none")]
+    pub dry_run: ::std::option::Option<bool>,
+    /// Member `Filters`.
+    #[serde(rename = "Filters", default, skip_serializing_if = "Option::is_none")]
+    pub filters: ::std::option::Option<::std::vec::Vec<Filter>>,
+    /// Member `IncludeAllInstances`.
+    #[serde(
+        rename = "IncludeAllInstances",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub include_all_instances: ::std::option::Option<bool>,
+    /// Member `IncludeManagedResources`.
+    #[serde(
+        rename = "IncludeManagedResources",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub include_managed_resources: ::std::option::Option<bool>,
+    /// Member `InstanceIds`.
+    #[serde(
+        rename = "InstanceIds",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub instance_ids: ::std::option::Option<::std::vec::Vec<::std::string::String>>,
+    /// Member `MaxResults`.
+    #[serde(
+        rename = "MaxResults",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_results: ::std::option::Option<i32>,
+    /// Member `NextToken`.
+    #[serde(rename = "NextToken", default, skip_serializing_if = "Option::is_none")]
+    pub next_token: ::std::option::Option<::std::string::String>,
+}
+
+impl FromQuery for DescribeInstanceStatusRequest {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            dry_run: node.member(path, "DryRun")?,
+            filters: node.member(path, "Filter")?,
+            include_all_instances: node.member(path, "IncludeAllInstances")?,
+            include_managed_resources: node.member(path, "IncludeManagedResources")?,
+            instance_ids: node.member(path, "InstanceId")?,
+            max_results: node.member(path, "MaxResults")?,
+            next_token: node.member(path, "NextToken")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for DescribeInstanceStatusRequest {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("dryRun", self.dry_run.as_ref());
+        w.list("Filter", "Filter", self.filters.as_ref());
+        w.field("includeAllInstances", self.include_all_instances.as_ref());
+        w.field(
+            "IncludeManagedResources",
+            self.include_managed_resources.as_ref(),
+        );
+        w.list("InstanceId", "InstanceId", self.instance_ids.as_ref());
+        w.field("MaxResults", self.max_results.as_ref());
+        w.field("NextToken", self.next_token.as_ref());
+    }
+}
+
+/// Shape `DescribeInstanceStatusResult`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DescribeInstanceStatusResult {
+    /// Member `InstanceStatuses`.
+    #[serde(
+        rename = "InstanceStatuses",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub instance_statuses: ::std::option::Option<::std::vec::Vec<InstanceStatus>>,
+    /// Member `NextToken`.
+    #[serde(rename = "NextToken", default, skip_serializing_if = "Option::is_none")]
+    pub next_token: ::std::option::Option<::std::string::String>,
+}
+
+impl FromQuery for DescribeInstanceStatusResult {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            instance_statuses: node.member(path, "InstanceStatusSet")?,
+            next_token: node.member(path, "NextToken")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for DescribeInstanceStatusResult {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.list("instanceStatusSet", "item", self.instance_statuses.as_ref());
+        w.field("nextToken", self.next_token.as_ref());
     }
 }
 
@@ -3745,6 +5036,103 @@ impl ToXml for DescribeInstanceTypesResult {
     fn write_members(&self, w: &mut XmlWriter) {
         w.list("instanceTypeSet", "item", self.instance_types.as_ref());
         w.field("nextToken", self.next_token.as_ref());
+    }
+}
+
+/// Shape `DescribeInstancesRequest`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DescribeInstancesRequest {
+    /// Member `DryRun`.
+    #[serde(rename = "DryRun", default, skip_serializing_if = "Option::is_none")]
+    pub dry_run: ::std::option::Option<bool>,
+    /// Member `Filters`.
+    #[serde(rename = "Filters", default, skip_serializing_if = "Option::is_none")]
+    pub filters: ::std::option::Option<::std::vec::Vec<Filter>>,
+    /// Member `IncludeManagedResources`.
+    #[serde(
+        rename = "IncludeManagedResources",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub include_managed_resources: ::std::option::Option<bool>,
+    /// Member `InstanceIds`.
+    #[serde(
+        rename = "InstanceIds",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub instance_ids: ::std::option::Option<::std::vec::Vec<::std::string::String>>,
+    /// Member `MaxResults`.
+    #[serde(
+        rename = "MaxResults",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_results: ::std::option::Option<i32>,
+    /// Member `NextToken`.
+    #[serde(rename = "NextToken", default, skip_serializing_if = "Option::is_none")]
+    pub next_token: ::std::option::Option<::std::string::String>,
+}
+
+impl FromQuery for DescribeInstancesRequest {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            dry_run: node.member(path, "DryRun")?,
+            filters: node.member(path, "Filter")?,
+            include_managed_resources: node.member(path, "IncludeManagedResources")?,
+            instance_ids: node.member(path, "InstanceId")?,
+            max_results: node.member(path, "MaxResults")?,
+            next_token: node.member(path, "NextToken")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for DescribeInstancesRequest {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("dryRun", self.dry_run.as_ref());
+        w.list("Filter", "Filter", self.filters.as_ref());
+        w.field(
+            "IncludeManagedResources",
+            self.include_managed_resources.as_ref(),
+        );
+        w.list("InstanceId", "InstanceId", self.instance_ids.as_ref());
+        w.field("maxResults", self.max_results.as_ref());
+        w.field("nextToken", self.next_token.as_ref());
+    }
+}
+
+/// Shape `DescribeInstancesResult`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DescribeInstancesResult {
+    /// Member `NextToken`.
+    #[serde(rename = "NextToken", default, skip_serializing_if = "Option::is_none")]
+    pub next_token: ::std::option::Option<::std::string::String>,
+    /// Member `Reservations`.
+    #[serde(
+        rename = "Reservations",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub reservations: ::std::option::Option<::std::vec::Vec<Reservation>>,
+}
+
+impl FromQuery for DescribeInstancesResult {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            next_token: node.member(path, "NextToken")?,
+            reservations: node.member(path, "ReservationSet")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for DescribeInstancesResult {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("nextToken", self.next_token.as_ref());
+        w.list("reservationSet", "item", self.reservations.as_ref());
     }
 }
 
@@ -4284,6 +5672,105 @@ impl ToXml for DescribeSecurityGroupsResult {
     }
 }
 
+/// Shape `DescribeSnapshotsRequest`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DescribeSnapshotsRequest {
+    /// Member `DryRun`.
+    #[serde(rename = "DryRun", default, skip_serializing_if = "Option::is_none")]
+    pub dry_run: ::std::option::Option<bool>,
+    /// Member `Filters`.
+    #[serde(rename = "Filters", default, skip_serializing_if = "Option::is_none")]
+    pub filters: ::std::option::Option<::std::vec::Vec<Filter>>,
+    /// Member `MaxResults`.
+    #[serde(
+        rename = "MaxResults",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_results: ::std::option::Option<i32>,
+    /// Member `NextToken`.
+    #[serde(rename = "NextToken", default, skip_serializing_if = "Option::is_none")]
+    pub next_token: ::std::option::Option<::std::string::String>,
+    /// Member `OwnerIds`.
+    #[serde(rename = "OwnerIds", default, skip_serializing_if = "Option::is_none")]
+    pub owner_ids: ::std::option::Option<::std::vec::Vec<::std::string::String>>,
+    /// Member `RestorableByUserIds`.
+    #[serde(
+        rename = "RestorableByUserIds",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub restorable_by_user_ids: ::std::option::Option<::std::vec::Vec<::std::string::String>>,
+    /// Member `SnapshotIds`.
+    #[serde(
+        rename = "SnapshotIds",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub snapshot_ids: ::std::option::Option<::std::vec::Vec<::std::string::String>>,
+}
+
+impl FromQuery for DescribeSnapshotsRequest {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            dry_run: node.member(path, "DryRun")?,
+            filters: node.member(path, "Filter")?,
+            max_results: node.member(path, "MaxResults")?,
+            next_token: node.member(path, "NextToken")?,
+            owner_ids: node.member(path, "Owner")?,
+            restorable_by_user_ids: node.member(path, "RestorableBy")?,
+            snapshot_ids: node.member(path, "SnapshotId")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for DescribeSnapshotsRequest {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("dryRun", self.dry_run.as_ref());
+        w.list("Filter", "Filter", self.filters.as_ref());
+        w.field("MaxResults", self.max_results.as_ref());
+        w.field("NextToken", self.next_token.as_ref());
+        w.list("Owner", "Owner", self.owner_ids.as_ref());
+        w.list(
+            "RestorableBy",
+            "member",
+            self.restorable_by_user_ids.as_ref(),
+        );
+        w.list("SnapshotId", "SnapshotId", self.snapshot_ids.as_ref());
+    }
+}
+
+/// Shape `DescribeSnapshotsResult`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DescribeSnapshotsResult {
+    /// Member `NextToken`.
+    #[serde(rename = "NextToken", default, skip_serializing_if = "Option::is_none")]
+    pub next_token: ::std::option::Option<::std::string::String>,
+    /// Member `Snapshots`.
+    #[serde(rename = "Snapshots", default, skip_serializing_if = "Option::is_none")]
+    pub snapshots: ::std::option::Option<::std::vec::Vec<Snapshot>>,
+}
+
+impl FromQuery for DescribeSnapshotsResult {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            next_token: node.member(path, "NextToken")?,
+            snapshots: node.member(path, "SnapshotSet")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for DescribeSnapshotsResult {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("nextToken", self.next_token.as_ref());
+        w.list("snapshotSet", "item", self.snapshots.as_ref());
+    }
+}
+
 /// Shape `DescribeSubnetsRequest`.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct DescribeSubnetsRequest {
@@ -4437,6 +5924,95 @@ impl ToXml for DescribeTagsResult {
     fn write_members(&self, w: &mut XmlWriter) {
         w.field("nextToken", self.next_token.as_ref());
         w.list("tagSet", "item", self.tags.as_ref());
+    }
+}
+
+/// Shape `DescribeVolumesRequest`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DescribeVolumesRequest {
+    /// Member `DryRun`.
+    #[serde(rename = "DryRun", default, skip_serializing_if = "Option::is_none")]
+    pub dry_run: ::std::option::Option<bool>,
+    /// Member `Filters`.
+    #[serde(rename = "Filters", default, skip_serializing_if = "Option::is_none")]
+    pub filters: ::std::option::Option<::std::vec::Vec<Filter>>,
+    /// Member `IncludeManagedResources`.
+    #[serde(
+        rename = "IncludeManagedResources",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub include_managed_resources: ::std::option::Option<bool>,
+    /// Member `MaxResults`.
+    #[serde(
+        rename = "MaxResults",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_results: ::std::option::Option<i32>,
+    /// Member `NextToken`.
+    #[serde(rename = "NextToken", default, skip_serializing_if = "Option::is_none")]
+    pub next_token: ::std::option::Option<::std::string::String>,
+    /// Member `VolumeIds`.
+    #[serde(rename = "VolumeIds", default, skip_serializing_if = "Option::is_none")]
+    pub volume_ids: ::std::option::Option<::std::vec::Vec<::std::string::String>>,
+}
+
+impl FromQuery for DescribeVolumesRequest {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            dry_run: node.member(path, "DryRun")?,
+            filters: node.member(path, "Filter")?,
+            include_managed_resources: node.member(path, "IncludeManagedResources")?,
+            max_results: node.member(path, "MaxResults")?,
+            next_token: node.member(path, "NextToken")?,
+            volume_ids: node.member(path, "VolumeId")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for DescribeVolumesRequest {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("dryRun", self.dry_run.as_ref());
+        w.list("Filter", "Filter", self.filters.as_ref());
+        w.field(
+            "IncludeManagedResources",
+            self.include_managed_resources.as_ref(),
+        );
+        w.field("maxResults", self.max_results.as_ref());
+        w.field("nextToken", self.next_token.as_ref());
+        w.list("VolumeId", "VolumeId", self.volume_ids.as_ref());
+    }
+}
+
+/// Shape `DescribeVolumesResult`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DescribeVolumesResult {
+    /// Member `NextToken`.
+    #[serde(rename = "NextToken", default, skip_serializing_if = "Option::is_none")]
+    pub next_token: ::std::option::Option<::std::string::String>,
+    /// Member `Volumes`.
+    #[serde(rename = "Volumes", default, skip_serializing_if = "Option::is_none")]
+    pub volumes: ::std::option::Option<::std::vec::Vec<Volume>>,
+}
+
+impl FromQuery for DescribeVolumesResult {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            next_token: node.member(path, "NextToken")?,
+            volumes: node.member(path, "VolumeSet")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for DescribeVolumesResult {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("nextToken", self.next_token.as_ref());
+        w.list("volumeSet", "item", self.volumes.as_ref());
     }
 }
 
@@ -4722,6 +6298,139 @@ impl ToXml for DiskInfo {
     }
 }
 
+/// Shape `EbsBlockDevice`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct EbsBlockDevice {
+    /// Member `AvailabilityZone`.
+    #[serde(
+        rename = "AvailabilityZone",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub availability_zone: ::std::option::Option<::std::string::String>,
+    /// Member `AvailabilityZoneId`.
+    #[serde(
+        rename = "AvailabilityZoneId",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub availability_zone_id: ::std::option::Option<::std::string::String>,
+    /// Member `DeleteOnTermination`.
+    #[serde(
+        rename = "DeleteOnTermination",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub delete_on_termination: ::std::option::Option<bool>,
+    /// Member `EbsCardIndex`.
+    #[serde(
+        rename = "EbsCardIndex",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ebs_card_index: ::std::option::Option<i32>,
+    /// Member `Encrypted`.
+    #[serde(rename = "Encrypted", default, skip_serializing_if = "Option::is_none")]
+    pub encrypted: ::std::option::Option<bool>,
+    /// Member `Iops`.
+    #[serde(rename = "Iops", default, skip_serializing_if = "Option::is_none")]
+    pub iops: ::std::option::Option<i32>,
+    /// Member `KmsKeyId`.
+    #[serde(rename = "KmsKeyId", default, skip_serializing_if = "Option::is_none")]
+    pub kms_key_id: ::std::option::Option<::std::string::String>,
+    /// Member `OutpostArn`.
+    #[serde(
+        rename = "OutpostArn",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub outpost_arn: ::std::option::Option<::std::string::String>,
+    /// Member `SnapshotId`.
+    #[serde(
+        rename = "SnapshotId",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub snapshot_id: ::std::option::Option<::std::string::String>,
+    /// Member `Throughput`.
+    #[serde(
+        rename = "Throughput",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub throughput: ::std::option::Option<i32>,
+    /// Member `VolumeInitializationRate`.
+    #[serde(
+        rename = "VolumeInitializationRate",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub volume_initialization_rate: ::std::option::Option<i32>,
+    /// Member `VolumeSize`.
+    #[serde(
+        rename = "VolumeSize",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub volume_size: ::std::option::Option<i32>,
+    /// Member `VolumeType`.
+    #[serde(
+        rename = "VolumeType",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub volume_type: ::std::option::Option<::std::string::String>,
+}
+
+impl FromQuery for EbsBlockDevice {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            availability_zone: node.member(path, "AvailabilityZone")?,
+            availability_zone_id: node.member(path, "AvailabilityZoneId")?,
+            delete_on_termination: node.member(path, "DeleteOnTermination")?,
+            ebs_card_index: node.member(path, "EbsCardIndex")?,
+            encrypted: node.member(path, "Encrypted")?,
+            iops: node.member(path, "Iops")?,
+            kms_key_id: node.member(path, "KmsKeyId")?,
+            outpost_arn: node.member(path, "OutpostArn")?,
+            snapshot_id: node.member(path, "SnapshotId")?,
+            throughput: node.member(path, "Throughput")?,
+            volume_initialization_rate: node.member(path, "VolumeInitializationRate")?,
+            volume_size: node.member(path, "VolumeSize")?,
+            volume_type: node.member(path, "VolumeType")?,
+        };
+        node.finish(path)?;
+        query::check_enum(
+            path,
+            "VolumeType",
+            value.volume_type.as_ref().map(|s| s.as_str()),
+            enums::VolumeType,
+        )?;
+        Ok(value)
+    }
+}
+
+impl ToXml for EbsBlockDevice {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("availabilityZone", self.availability_zone.as_ref());
+        w.field("AvailabilityZoneId", self.availability_zone_id.as_ref());
+        w.field("deleteOnTermination", self.delete_on_termination.as_ref());
+        w.field("EbsCardIndex", self.ebs_card_index.as_ref());
+        w.field("encrypted", self.encrypted.as_ref());
+        w.field("iops", self.iops.as_ref());
+        w.field("kmsKeyId", self.kms_key_id.as_ref());
+        w.field("outpostArn", self.outpost_arn.as_ref());
+        w.field("snapshotId", self.snapshot_id.as_ref());
+        w.field("throughput", self.throughput.as_ref());
+        w.field(
+            "VolumeInitializationRate",
+            self.volume_initialization_rate.as_ref(),
+        );
+        w.field("volumeSize", self.volume_size.as_ref());
+        w.field("volumeType", self.volume_type.as_ref());
+    }
+}
+
 /// Shape `EbsCardInfo`.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct EbsCardInfo {
@@ -4930,6 +6639,124 @@ impl ToXml for EbsInfo {
     }
 }
 
+/// Shape `EbsInstanceBlockDevice`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct EbsInstanceBlockDevice {
+    /// Member `AssociatedResource`.
+    #[serde(
+        rename = "AssociatedResource",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub associated_resource: ::std::option::Option<::std::string::String>,
+    /// Member `AttachTime`.
+    #[serde(
+        rename = "AttachTime",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub attach_time: ::std::option::Option<Timestamp>,
+    /// Member `DeleteOnTermination`.
+    #[serde(
+        rename = "DeleteOnTermination",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub delete_on_termination: ::std::option::Option<bool>,
+    /// Member `EbsCardIndex`.
+    #[serde(
+        rename = "EbsCardIndex",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ebs_card_index: ::std::option::Option<i32>,
+    /// Member `Operator`.
+    #[serde(rename = "Operator", default, skip_serializing_if = "Option::is_none")]
+    pub operator: ::std::option::Option<OperatorResponse>,
+    /// Member `Status`.
+    #[serde(rename = "Status", default, skip_serializing_if = "Option::is_none")]
+    pub status: ::std::option::Option<::std::string::String>,
+    /// Member `VolumeId`.
+    #[serde(rename = "VolumeId", default, skip_serializing_if = "Option::is_none")]
+    pub volume_id: ::std::option::Option<::std::string::String>,
+    /// Member `VolumeOwnerId`.
+    #[serde(
+        rename = "VolumeOwnerId",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub volume_owner_id: ::std::option::Option<::std::string::String>,
+}
+
+impl FromQuery for EbsInstanceBlockDevice {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            associated_resource: node.member(path, "AssociatedResource")?,
+            attach_time: node.member(path, "AttachTime")?,
+            delete_on_termination: node.member(path, "DeleteOnTermination")?,
+            ebs_card_index: node.member(path, "EbsCardIndex")?,
+            operator: node.member(path, "Operator")?,
+            status: node.member(path, "Status")?,
+            volume_id: node.member(path, "VolumeId")?,
+            volume_owner_id: node.member(path, "VolumeOwnerId")?,
+        };
+        node.finish(path)?;
+        query::check_enum(
+            path,
+            "Status",
+            value.status.as_ref().map(|s| s.as_str()),
+            enums::AttachmentStatus,
+        )?;
+        Ok(value)
+    }
+}
+
+impl ToXml for EbsInstanceBlockDevice {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("associatedResource", self.associated_resource.as_ref());
+        w.timestamp("attachTime", self.attach_time.as_ref(), "iso8601");
+        w.field("deleteOnTermination", self.delete_on_termination.as_ref());
+        w.field("ebsCardIndex", self.ebs_card_index.as_ref());
+        w.field("operator", self.operator.as_ref());
+        w.field("status", self.status.as_ref());
+        w.field("volumeId", self.volume_id.as_ref());
+        w.field("volumeOwnerId", self.volume_owner_id.as_ref());
+    }
+}
+
+/// Shape `EbsInstanceBlockDeviceSpecification`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct EbsInstanceBlockDeviceSpecification {
+    /// Member `DeleteOnTermination`.
+    #[serde(
+        rename = "DeleteOnTermination",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub delete_on_termination: ::std::option::Option<bool>,
+    /// Member `VolumeId`.
+    #[serde(rename = "VolumeId", default, skip_serializing_if = "Option::is_none")]
+    pub volume_id: ::std::option::Option<::std::string::String>,
+}
+
+impl FromQuery for EbsInstanceBlockDeviceSpecification {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            delete_on_termination: node.member(path, "DeleteOnTermination")?,
+            volume_id: node.member(path, "VolumeId")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for EbsInstanceBlockDeviceSpecification {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("deleteOnTermination", self.delete_on_termination.as_ref());
+        w.field("volumeId", self.volume_id.as_ref());
+    }
+}
+
 /// Shape `EbsOptimizedInfo`.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct EbsOptimizedInfo {
@@ -5015,6 +6842,91 @@ impl ToXml for EbsOptimizedInfo {
     }
 }
 
+/// Shape `EbsStatusDetails`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct EbsStatusDetails {
+    /// Member `ImpairedSince`.
+    #[serde(
+        rename = "ImpairedSince",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub impaired_since: ::std::option::Option<Timestamp>,
+    /// Member `Name`.
+    #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
+    pub name: ::std::option::Option<::std::string::String>,
+    /// Member `Status`.
+    #[serde(rename = "Status", default, skip_serializing_if = "Option::is_none")]
+    pub status: ::std::option::Option<::std::string::String>,
+}
+
+impl FromQuery for EbsStatusDetails {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            impaired_since: node.member(path, "ImpairedSince")?,
+            name: node.member(path, "Name")?,
+            status: node.member(path, "Status")?,
+        };
+        node.finish(path)?;
+        query::check_enum(
+            path,
+            "Name",
+            value.name.as_ref().map(|s| s.as_str()),
+            enums::StatusName,
+        )?;
+        query::check_enum(
+            path,
+            "Status",
+            value.status.as_ref().map(|s| s.as_str()),
+            enums::StatusType,
+        )?;
+        Ok(value)
+    }
+}
+
+impl ToXml for EbsStatusDetails {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.timestamp("impairedSince", self.impaired_since.as_ref(), "iso8601");
+        w.field("name", self.name.as_ref());
+        w.field("status", self.status.as_ref());
+    }
+}
+
+/// Shape `EbsStatusSummary`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct EbsStatusSummary {
+    /// Member `Details`.
+    #[serde(rename = "Details", default, skip_serializing_if = "Option::is_none")]
+    pub details: ::std::option::Option<::std::vec::Vec<EbsStatusDetails>>,
+    /// Member `Status`.
+    #[serde(rename = "Status", default, skip_serializing_if = "Option::is_none")]
+    pub status: ::std::option::Option<::std::string::String>,
+}
+
+impl FromQuery for EbsStatusSummary {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            details: node.member(path, "Details")?,
+            status: node.member(path, "Status")?,
+        };
+        node.finish(path)?;
+        query::check_enum(
+            path,
+            "Status",
+            value.status.as_ref().map(|s| s.as_str()),
+            enums::SummaryStatus,
+        )?;
+        Ok(value)
+    }
+}
+
+impl ToXml for EbsStatusSummary {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.list("details", "item", self.details.as_ref());
+        w.field("status", self.status.as_ref());
+    }
+}
+
 /// Shape `EfaInfo`.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct EfaInfo {
@@ -5040,6 +6952,320 @@ impl FromQuery for EfaInfo {
 impl ToXml for EfaInfo {
     fn write_members(&self, w: &mut XmlWriter) {
         w.field("maximumEfaInterfaces", self.maximum_efa_interfaces.as_ref());
+    }
+}
+
+/// Shape `ElasticGpuAssociation`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ElasticGpuAssociation {
+    /// Member `ElasticGpuAssociationId`.
+    #[serde(
+        rename = "ElasticGpuAssociationId",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub elastic_gpu_association_id: ::std::option::Option<::std::string::String>,
+    /// Member `ElasticGpuAssociationState`.
+    #[serde(
+        rename = "ElasticGpuAssociationState",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub elastic_gpu_association_state: ::std::option::Option<::std::string::String>,
+    /// Member `ElasticGpuAssociationTime`.
+    #[serde(
+        rename = "ElasticGpuAssociationTime",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub elastic_gpu_association_time: ::std::option::Option<::std::string::String>,
+    /// Member `ElasticGpuId`.
+    #[serde(
+        rename = "ElasticGpuId",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub elastic_gpu_id: ::std::option::Option<::std::string::String>,
+}
+
+impl FromQuery for ElasticGpuAssociation {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            elastic_gpu_association_id: node.member(path, "ElasticGpuAssociationId")?,
+            elastic_gpu_association_state: node.member(path, "ElasticGpuAssociationState")?,
+            elastic_gpu_association_time: node.member(path, "ElasticGpuAssociationTime")?,
+            elastic_gpu_id: node.member(path, "ElasticGpuId")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for ElasticGpuAssociation {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field(
+            "elasticGpuAssociationId",
+            self.elastic_gpu_association_id.as_ref(),
+        );
+        w.field(
+            "elasticGpuAssociationState",
+            self.elastic_gpu_association_state.as_ref(),
+        );
+        w.field(
+            "elasticGpuAssociationTime",
+            self.elastic_gpu_association_time.as_ref(),
+        );
+        w.field("elasticGpuId", self.elastic_gpu_id.as_ref());
+    }
+}
+
+/// Shape `ElasticGpuSpecification`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ElasticGpuSpecification {
+    /// Member `Type`.
+    #[serde(rename = "Type", default)]
+    pub r#type: ::std::string::String,
+}
+
+impl FromQuery for ElasticGpuSpecification {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            r#type: node.required(path, "Type")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for ElasticGpuSpecification {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("Type", Some(&self.r#type));
+    }
+}
+
+/// Shape `ElasticInferenceAccelerator`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ElasticInferenceAccelerator {
+    /// Member `Count`.
+    #[serde(rename = "Count", default, skip_serializing_if = "Option::is_none")]
+    pub count: ::std::option::Option<i32>,
+    /// Member `Type`.
+    #[serde(rename = "Type", default)]
+    pub r#type: ::std::string::String,
+}
+
+impl FromQuery for ElasticInferenceAccelerator {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            count: node.member(path, "Count")?,
+            r#type: node.required(path, "Type")?,
+        };
+        node.finish(path)?;
+        query::check_range(
+            path,
+            "Count",
+            value.count.as_ref().map(|v| i64::from(*v)),
+            Some(1),
+            None,
+        )?;
+        Ok(value)
+    }
+}
+
+impl ToXml for ElasticInferenceAccelerator {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("Count", self.count.as_ref());
+        w.field("Type", Some(&self.r#type));
+    }
+}
+
+/// Shape `ElasticInferenceAcceleratorAssociation`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ElasticInferenceAcceleratorAssociation {
+    /// Member `ElasticInferenceAcceleratorArn`.
+    #[serde(
+        rename = "ElasticInferenceAcceleratorArn",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub elastic_inference_accelerator_arn: ::std::option::Option<::std::string::String>,
+    /// Member `ElasticInferenceAcceleratorAssociationId`.
+    #[serde(
+        rename = "ElasticInferenceAcceleratorAssociationId",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub elastic_inference_accelerator_association_id: ::std::option::Option<::std::string::String>,
+    /// Member `ElasticInferenceAcceleratorAssociationState`.
+    #[serde(
+        rename = "ElasticInferenceAcceleratorAssociationState",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub elastic_inference_accelerator_association_state:
+        ::std::option::Option<::std::string::String>,
+    /// Member `ElasticInferenceAcceleratorAssociationTime`.
+    #[serde(
+        rename = "ElasticInferenceAcceleratorAssociationTime",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub elastic_inference_accelerator_association_time: ::std::option::Option<Timestamp>,
+}
+
+impl FromQuery for ElasticInferenceAcceleratorAssociation {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            elastic_inference_accelerator_arn: node
+                .member(path, "ElasticInferenceAcceleratorArn")?,
+            elastic_inference_accelerator_association_id: node
+                .member(path, "ElasticInferenceAcceleratorAssociationId")?,
+            elastic_inference_accelerator_association_state: node
+                .member(path, "ElasticInferenceAcceleratorAssociationState")?,
+            elastic_inference_accelerator_association_time: node
+                .member(path, "ElasticInferenceAcceleratorAssociationTime")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for ElasticInferenceAcceleratorAssociation {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field(
+            "elasticInferenceAcceleratorArn",
+            self.elastic_inference_accelerator_arn.as_ref(),
+        );
+        w.field(
+            "elasticInferenceAcceleratorAssociationId",
+            self.elastic_inference_accelerator_association_id.as_ref(),
+        );
+        w.field(
+            "elasticInferenceAcceleratorAssociationState",
+            self.elastic_inference_accelerator_association_state
+                .as_ref(),
+        );
+        w.timestamp(
+            "elasticInferenceAcceleratorAssociationTime",
+            self.elastic_inference_accelerator_association_time.as_ref(),
+            "iso8601",
+        );
+    }
+}
+
+/// Shape `EnaSrdSpecificationRequest`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct EnaSrdSpecificationRequest {
+    /// Member `EnaSrdEnabled`.
+    #[serde(
+        rename = "EnaSrdEnabled",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ena_srd_enabled: ::std::option::Option<bool>,
+    /// Member `EnaSrdUdpSpecification`.
+    #[serde(
+        rename = "EnaSrdUdpSpecification",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ena_srd_udp_specification: ::std::option::Option<EnaSrdUdpSpecificationRequest>,
+}
+
+impl FromQuery for EnaSrdSpecificationRequest {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            ena_srd_enabled: node.member(path, "EnaSrdEnabled")?,
+            ena_srd_udp_specification: node.member(path, "EnaSrdUdpSpecification")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for EnaSrdSpecificationRequest {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("EnaSrdEnabled", self.ena_srd_enabled.as_ref());
+        w.field(
+            "EnaSrdUdpSpecification",
+            self.ena_srd_udp_specification.as_ref(),
+        );
+    }
+}
+
+/// Shape `EnaSrdUdpSpecificationRequest`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct EnaSrdUdpSpecificationRequest {
+    /// Member `EnaSrdUdpEnabled`.
+    #[serde(
+        rename = "EnaSrdUdpEnabled",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ena_srd_udp_enabled: ::std::option::Option<bool>,
+}
+
+impl FromQuery for EnaSrdUdpSpecificationRequest {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            ena_srd_udp_enabled: node.member(path, "EnaSrdUdpEnabled")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for EnaSrdUdpSpecificationRequest {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("EnaSrdUdpEnabled", self.ena_srd_udp_enabled.as_ref());
+    }
+}
+
+/// Shape `EnclaveOptions`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct EnclaveOptions {
+    /// Member `Enabled`.
+    #[serde(rename = "Enabled", default, skip_serializing_if = "Option::is_none")]
+    pub enabled: ::std::option::Option<bool>,
+}
+
+impl FromQuery for EnclaveOptions {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            enabled: node.member(path, "Enabled")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for EnclaveOptions {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("enabled", self.enabled.as_ref());
+    }
+}
+
+/// Shape `EnclaveOptionsRequest`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct EnclaveOptionsRequest {
+    /// Member `Enabled`.
+    #[serde(rename = "Enabled", default, skip_serializing_if = "Option::is_none")]
+    pub enabled: ::std::option::Option<bool>,
+}
+
+impl FromQuery for EnclaveOptionsRequest {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            enabled: node.member(path, "Enabled")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for EnclaveOptionsRequest {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("Enabled", self.enabled.as_ref());
     }
 }
 
@@ -5179,6 +7405,78 @@ impl ToXml for FpgaInfo {
     }
 }
 
+/// Shape `GetConsoleOutputRequest`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct GetConsoleOutputRequest {
+    /// Member `DryRun`.
+    #[serde(rename = "DryRun", default, skip_serializing_if = "Option::is_none")]
+    pub dry_run: ::std::option::Option<bool>,
+    /// Member `InstanceId`.
+    #[serde(rename = "InstanceId", default)]
+    pub instance_id: ::std::string::String,
+    /// Member `Latest`.
+    #[serde(rename = "Latest", default, skip_serializing_if = "Option::is_none")]
+    pub latest: ::std::option::Option<bool>,
+}
+
+impl FromQuery for GetConsoleOutputRequest {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            dry_run: node.member(path, "DryRun")?,
+            instance_id: node.required(path, "InstanceId")?,
+            latest: node.member(path, "Latest")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for GetConsoleOutputRequest {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("dryRun", self.dry_run.as_ref());
+        w.field("InstanceId", Some(&self.instance_id));
+        w.field("Latest", self.latest.as_ref());
+    }
+}
+
+/// Shape `GetConsoleOutputResult`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct GetConsoleOutputResult {
+    /// Member `InstanceId`.
+    #[serde(
+        rename = "InstanceId",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub instance_id: ::std::option::Option<::std::string::String>,
+    /// Member `Output`.
+    #[serde(rename = "Output", default, skip_serializing_if = "Option::is_none")]
+    pub output: ::std::option::Option<::std::string::String>,
+    /// Member `Timestamp`.
+    #[serde(rename = "Timestamp", default, skip_serializing_if = "Option::is_none")]
+    pub timestamp: ::std::option::Option<Timestamp>,
+}
+
+impl FromQuery for GetConsoleOutputResult {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            instance_id: node.member(path, "InstanceId")?,
+            output: node.member(path, "Output")?,
+            timestamp: node.member(path, "Timestamp")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for GetConsoleOutputResult {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("instanceId", self.instance_id.as_ref());
+        w.field("output", self.output.as_ref());
+        w.timestamp("timestamp", self.timestamp.as_ref(), "iso8601");
+    }
+}
+
 /// Shape `GpuDeviceInfo`.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct GpuDeviceInfo {
@@ -5306,6 +7604,656 @@ impl ToXml for GpuInfo {
             "totalGpuMemoryInMiB",
             self.total_gpu_memory_in_mi_b.as_ref(),
         );
+    }
+}
+
+/// Shape `GroupIdentifier`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct GroupIdentifier {
+    /// Member `GroupId`.
+    #[serde(rename = "GroupId", default, skip_serializing_if = "Option::is_none")]
+    pub group_id: ::std::option::Option<::std::string::String>,
+    /// Member `GroupName`.
+    #[serde(rename = "GroupName", default, skip_serializing_if = "Option::is_none")]
+    pub group_name: ::std::option::Option<::std::string::String>,
+}
+
+impl FromQuery for GroupIdentifier {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            group_id: node.member(path, "GroupId")?,
+            group_name: node.member(path, "GroupName")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for GroupIdentifier {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("groupId", self.group_id.as_ref());
+        w.field("groupName", self.group_name.as_ref());
+    }
+}
+
+/// Shape `HibernationOptions`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct HibernationOptions {
+    /// Member `Configured`.
+    #[serde(
+        rename = "Configured",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub configured: ::std::option::Option<bool>,
+}
+
+impl FromQuery for HibernationOptions {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            configured: node.member(path, "Configured")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for HibernationOptions {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("configured", self.configured.as_ref());
+    }
+}
+
+/// Shape `HibernationOptionsRequest`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct HibernationOptionsRequest {
+    /// Member `Configured`.
+    #[serde(
+        rename = "Configured",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub configured: ::std::option::Option<bool>,
+}
+
+impl FromQuery for HibernationOptionsRequest {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            configured: node.member(path, "Configured")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for HibernationOptionsRequest {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("Configured", self.configured.as_ref());
+    }
+}
+
+/// Shape `IamInstanceProfile`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct IamInstanceProfile {
+    /// Member `Arn`.
+    #[serde(rename = "Arn", default, skip_serializing_if = "Option::is_none")]
+    pub arn: ::std::option::Option<::std::string::String>,
+    /// Member `Id`.
+    #[serde(rename = "Id", default, skip_serializing_if = "Option::is_none")]
+    pub id: ::std::option::Option<::std::string::String>,
+}
+
+impl FromQuery for IamInstanceProfile {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            arn: node.member(path, "Arn")?,
+            id: node.member(path, "Id")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for IamInstanceProfile {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("arn", self.arn.as_ref());
+        w.field("id", self.id.as_ref());
+    }
+}
+
+/// Shape `IamInstanceProfileSpecification`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct IamInstanceProfileSpecification {
+    /// Member `Arn`.
+    #[serde(rename = "Arn", default, skip_serializing_if = "Option::is_none")]
+    pub arn: ::std::option::Option<::std::string::String>,
+    /// Member `Name`.
+    #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
+    pub name: ::std::option::Option<::std::string::String>,
+}
+
+impl FromQuery for IamInstanceProfileSpecification {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            arn: node.member(path, "Arn")?,
+            name: node.member(path, "Name")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for IamInstanceProfileSpecification {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("arn", self.arn.as_ref());
+        w.field("name", self.name.as_ref());
+    }
+}
+
+/// Shape `Image`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Image {
+    /// Member `Architecture`.
+    #[serde(
+        rename = "Architecture",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub architecture: ::std::option::Option<::std::string::String>,
+    /// Member `BlockDeviceMappings`.
+    #[serde(
+        rename = "BlockDeviceMappings",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub block_device_mappings: ::std::option::Option<::std::vec::Vec<BlockDeviceMapping>>,
+    /// Member `BootMode`.
+    #[serde(rename = "BootMode", default, skip_serializing_if = "Option::is_none")]
+    pub boot_mode: ::std::option::Option<::std::string::String>,
+    /// Member `CreationDate`.
+    #[serde(
+        rename = "CreationDate",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub creation_date: ::std::option::Option<::std::string::String>,
+    /// Member `DeprecationTime`.
+    #[serde(
+        rename = "DeprecationTime",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub deprecation_time: ::std::option::Option<::std::string::String>,
+    /// Member `DeregistrationProtection`.
+    #[serde(
+        rename = "DeregistrationProtection",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub deregistration_protection: ::std::option::Option<::std::string::String>,
+    /// Member `Description`.
+    #[serde(
+        rename = "Description",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub description: ::std::option::Option<::std::string::String>,
+    /// Member `EnaSupport`.
+    #[serde(
+        rename = "EnaSupport",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ena_support: ::std::option::Option<bool>,
+    /// Member `FreeTierEligible`.
+    #[serde(
+        rename = "FreeTierEligible",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub free_tier_eligible: ::std::option::Option<bool>,
+    /// Member `Hypervisor`.
+    #[serde(
+        rename = "Hypervisor",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub hypervisor: ::std::option::Option<::std::string::String>,
+    /// Member `ImageAllowed`.
+    #[serde(
+        rename = "ImageAllowed",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub image_allowed: ::std::option::Option<bool>,
+    /// Member `ImageId`.
+    #[serde(rename = "ImageId", default, skip_serializing_if = "Option::is_none")]
+    pub image_id: ::std::option::Option<::std::string::String>,
+    /// Member `ImageLocation`.
+    #[serde(
+        rename = "ImageLocation",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub image_location: ::std::option::Option<::std::string::String>,
+    /// Member `ImageOwnerAlias`.
+    #[serde(
+        rename = "ImageOwnerAlias",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub image_owner_alias: ::std::option::Option<::std::string::String>,
+    /// Member `ImageType`.
+    #[serde(rename = "ImageType", default, skip_serializing_if = "Option::is_none")]
+    pub image_type: ::std::option::Option<::std::string::String>,
+    /// Member `ImdsSupport`.
+    #[serde(
+        rename = "ImdsSupport",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub imds_support: ::std::option::Option<::std::string::String>,
+    /// Member `KernelId`.
+    #[serde(rename = "KernelId", default, skip_serializing_if = "Option::is_none")]
+    pub kernel_id: ::std::option::Option<::std::string::String>,
+    /// Member `LastLaunchedTime`.
+    #[serde(
+        rename = "LastLaunchedTime",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub last_launched_time: ::std::option::Option<::std::string::String>,
+    /// Member `Name`.
+    #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
+    pub name: ::std::option::Option<::std::string::String>,
+    /// Member `OwnerId`.
+    #[serde(rename = "OwnerId", default, skip_serializing_if = "Option::is_none")]
+    pub owner_id: ::std::option::Option<::std::string::String>,
+    /// Member `Platform`.
+    #[serde(rename = "Platform", default, skip_serializing_if = "Option::is_none")]
+    pub platform: ::std::option::Option<::std::string::String>,
+    /// Member `PlatformDetails`.
+    #[serde(
+        rename = "PlatformDetails",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub platform_details: ::std::option::Option<::std::string::String>,
+    /// Member `ProductCodes`.
+    #[serde(
+        rename = "ProductCodes",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub product_codes: ::std::option::Option<::std::vec::Vec<ProductCode>>,
+    /// Member `Public`.
+    #[serde(rename = "Public", default, skip_serializing_if = "Option::is_none")]
+    pub public: ::std::option::Option<bool>,
+    /// Member `RamdiskId`.
+    #[serde(rename = "RamdiskId", default, skip_serializing_if = "Option::is_none")]
+    pub ramdisk_id: ::std::option::Option<::std::string::String>,
+    /// Member `RootDeviceName`.
+    #[serde(
+        rename = "RootDeviceName",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub root_device_name: ::std::option::Option<::std::string::String>,
+    /// Member `RootDeviceType`.
+    #[serde(
+        rename = "RootDeviceType",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub root_device_type: ::std::option::Option<::std::string::String>,
+    /// Member `SourceImageId`.
+    #[serde(
+        rename = "SourceImageId",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub source_image_id: ::std::option::Option<::std::string::String>,
+    /// Member `SourceImageRegion`.
+    #[serde(
+        rename = "SourceImageRegion",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub source_image_region: ::std::option::Option<::std::string::String>,
+    /// Member `SourceInstanceId`.
+    #[serde(
+        rename = "SourceInstanceId",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub source_instance_id: ::std::option::Option<::std::string::String>,
+    /// Member `SriovNetSupport`.
+    #[serde(
+        rename = "SriovNetSupport",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub sriov_net_support: ::std::option::Option<::std::string::String>,
+    /// Member `State`.
+    #[serde(rename = "State", default, skip_serializing_if = "Option::is_none")]
+    pub state: ::std::option::Option<::std::string::String>,
+    /// Member `StateReason`.
+    #[serde(
+        rename = "StateReason",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub state_reason: ::std::option::Option<StateReason>,
+    /// Member `Tags`.
+    #[serde(rename = "Tags", default, skip_serializing_if = "Option::is_none")]
+    pub tags: ::std::option::Option<::std::vec::Vec<Tag>>,
+    /// Member `TpmSupport`.
+    #[serde(
+        rename = "TpmSupport",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub tpm_support: ::std::option::Option<::std::string::String>,
+    /// Member `UsageOperation`.
+    #[serde(
+        rename = "UsageOperation",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub usage_operation: ::std::option::Option<::std::string::String>,
+    /// Member `VirtualizationType`.
+    #[serde(
+        rename = "VirtualizationType",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub virtualization_type: ::std::option::Option<::std::string::String>,
+}
+
+impl FromQuery for Image {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            architecture: node.member(path, "Architecture")?,
+            block_device_mappings: node.member(path, "BlockDeviceMapping")?,
+            boot_mode: node.member(path, "BootMode")?,
+            creation_date: node.member(path, "CreationDate")?,
+            deprecation_time: node.member(path, "DeprecationTime")?,
+            deregistration_protection: node.member(path, "DeregistrationProtection")?,
+            description: node.member(path, "Description")?,
+            ena_support: node.member(path, "EnaSupport")?,
+            free_tier_eligible: node.member(path, "FreeTierEligible")?,
+            hypervisor: node.member(path, "Hypervisor")?,
+            image_allowed: node.member(path, "ImageAllowed")?,
+            image_id: node.member(path, "ImageId")?,
+            image_location: node.member(path, "ImageLocation")?,
+            image_owner_alias: node.member(path, "ImageOwnerAlias")?,
+            image_type: node.member(path, "ImageType")?,
+            imds_support: node.member(path, "ImdsSupport")?,
+            kernel_id: node.member(path, "KernelId")?,
+            last_launched_time: node.member(path, "LastLaunchedTime")?,
+            name: node.member(path, "Name")?,
+            owner_id: node.member(path, "ImageOwnerId")?,
+            platform: node.member(path, "Platform")?,
+            platform_details: node.member(path, "PlatformDetails")?,
+            product_codes: node.member(path, "ProductCodes")?,
+            public: node.member(path, "IsPublic")?,
+            ramdisk_id: node.member(path, "RamdiskId")?,
+            root_device_name: node.member(path, "RootDeviceName")?,
+            root_device_type: node.member(path, "RootDeviceType")?,
+            source_image_id: node.member(path, "SourceImageId")?,
+            source_image_region: node.member(path, "SourceImageRegion")?,
+            source_instance_id: node.member(path, "SourceInstanceId")?,
+            sriov_net_support: node.member(path, "SriovNetSupport")?,
+            state: node.member(path, "ImageState")?,
+            state_reason: node.member(path, "StateReason")?,
+            tags: node.member(path, "TagSet")?,
+            tpm_support: node.member(path, "TpmSupport")?,
+            usage_operation: node.member(path, "UsageOperation")?,
+            virtualization_type: node.member(path, "VirtualizationType")?,
+        };
+        node.finish(path)?;
+        query::check_enum(
+            path,
+            "Architecture",
+            value.architecture.as_ref().map(|s| s.as_str()),
+            enums::ArchitectureValues,
+        )?;
+        query::check_enum(
+            path,
+            "BootMode",
+            value.boot_mode.as_ref().map(|s| s.as_str()),
+            enums::BootModeValues,
+        )?;
+        query::check_enum(
+            path,
+            "Hypervisor",
+            value.hypervisor.as_ref().map(|s| s.as_str()),
+            enums::HypervisorType,
+        )?;
+        query::check_enum(
+            path,
+            "ImageType",
+            value.image_type.as_ref().map(|s| s.as_str()),
+            enums::ImageTypeValues,
+        )?;
+        query::check_enum(
+            path,
+            "ImdsSupport",
+            value.imds_support.as_ref().map(|s| s.as_str()),
+            enums::ImdsSupportValues,
+        )?;
+        query::check_enum(
+            path,
+            "Platform",
+            value.platform.as_ref().map(|s| s.as_str()),
+            enums::PlatformValues,
+        )?;
+        query::check_enum(
+            path,
+            "RootDeviceType",
+            value.root_device_type.as_ref().map(|s| s.as_str()),
+            enums::DeviceType,
+        )?;
+        query::check_enum(
+            path,
+            "ImageState",
+            value.state.as_ref().map(|s| s.as_str()),
+            enums::ImageState,
+        )?;
+        query::check_enum(
+            path,
+            "TpmSupport",
+            value.tpm_support.as_ref().map(|s| s.as_str()),
+            enums::TpmSupportValues,
+        )?;
+        query::check_enum(
+            path,
+            "VirtualizationType",
+            value.virtualization_type.as_ref().map(|s| s.as_str()),
+            enums::VirtualizationType,
+        )?;
+        Ok(value)
+    }
+}
+
+impl ToXml for Image {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("architecture", self.architecture.as_ref());
+        w.list(
+            "blockDeviceMapping",
+            "item",
+            self.block_device_mappings.as_ref(),
+        );
+        w.field("bootMode", self.boot_mode.as_ref());
+        w.field("creationDate", self.creation_date.as_ref());
+        w.field("deprecationTime", self.deprecation_time.as_ref());
+        w.field(
+            "deregistrationProtection",
+            self.deregistration_protection.as_ref(),
+        );
+        w.field("description", self.description.as_ref());
+        w.field("enaSupport", self.ena_support.as_ref());
+        w.field("freeTierEligible", self.free_tier_eligible.as_ref());
+        w.field("hypervisor", self.hypervisor.as_ref());
+        w.field("imageAllowed", self.image_allowed.as_ref());
+        w.field("imageId", self.image_id.as_ref());
+        w.field("imageLocation", self.image_location.as_ref());
+        w.field("imageOwnerAlias", self.image_owner_alias.as_ref());
+        w.field("imageType", self.image_type.as_ref());
+        w.field("imdsSupport", self.imds_support.as_ref());
+        w.field("kernelId", self.kernel_id.as_ref());
+        w.field("lastLaunchedTime", self.last_launched_time.as_ref());
+        w.field("name", self.name.as_ref());
+        w.field("imageOwnerId", self.owner_id.as_ref());
+        w.field("platform", self.platform.as_ref());
+        w.field("platformDetails", self.platform_details.as_ref());
+        w.list("productCodes", "item", self.product_codes.as_ref());
+        w.field("isPublic", self.public.as_ref());
+        w.field("ramdiskId", self.ramdisk_id.as_ref());
+        w.field("rootDeviceName", self.root_device_name.as_ref());
+        w.field("rootDeviceType", self.root_device_type.as_ref());
+        w.field("sourceImageId", self.source_image_id.as_ref());
+        w.field("sourceImageRegion", self.source_image_region.as_ref());
+        w.field("sourceInstanceId", self.source_instance_id.as_ref());
+        w.field("sriovNetSupport", self.sriov_net_support.as_ref());
+        w.field("imageState", self.state.as_ref());
+        w.field("stateReason", self.state_reason.as_ref());
+        w.list("tagSet", "item", self.tags.as_ref());
+        w.field("tpmSupport", self.tpm_support.as_ref());
+        w.field("usageOperation", self.usage_operation.as_ref());
+        w.field("virtualizationType", self.virtualization_type.as_ref());
+    }
+}
+
+/// Shape `ImageAttribute`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ImageAttribute {
+    /// Member `BlockDeviceMappings`.
+    #[serde(
+        rename = "BlockDeviceMappings",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub block_device_mappings: ::std::option::Option<::std::vec::Vec<BlockDeviceMapping>>,
+    /// Member `BootMode`.
+    #[serde(rename = "BootMode", default, skip_serializing_if = "Option::is_none")]
+    pub boot_mode: ::std::option::Option<AttributeValue>,
+    /// Member `DeregistrationProtection`.
+    #[serde(
+        rename = "DeregistrationProtection",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub deregistration_protection: ::std::option::Option<AttributeValue>,
+    /// Member `Description`.
+    #[serde(
+        rename = "Description",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub description: ::std::option::Option<AttributeValue>,
+    /// Member `ImageId`.
+    #[serde(rename = "ImageId", default, skip_serializing_if = "Option::is_none")]
+    pub image_id: ::std::option::Option<::std::string::String>,
+    /// Member `ImdsSupport`.
+    #[serde(
+        rename = "ImdsSupport",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub imds_support: ::std::option::Option<AttributeValue>,
+    /// Member `KernelId`.
+    #[serde(rename = "KernelId", default, skip_serializing_if = "Option::is_none")]
+    pub kernel_id: ::std::option::Option<AttributeValue>,
+    /// Member `LastLaunchedTime`.
+    #[serde(
+        rename = "LastLaunchedTime",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub last_launched_time: ::std::option::Option<AttributeValue>,
+    /// Member `LaunchPermissions`.
+    #[serde(
+        rename = "LaunchPermissions",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub launch_permissions: ::std::option::Option<::std::vec::Vec<LaunchPermission>>,
+    /// Member `ProductCodes`.
+    #[serde(
+        rename = "ProductCodes",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub product_codes: ::std::option::Option<::std::vec::Vec<ProductCode>>,
+    /// Member `RamdiskId`.
+    #[serde(rename = "RamdiskId", default, skip_serializing_if = "Option::is_none")]
+    pub ramdisk_id: ::std::option::Option<AttributeValue>,
+    /// Member `SriovNetSupport`.
+    #[serde(
+        rename = "SriovNetSupport",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub sriov_net_support: ::std::option::Option<AttributeValue>,
+    /// Member `TpmSupport`.
+    #[serde(
+        rename = "TpmSupport",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub tpm_support: ::std::option::Option<AttributeValue>,
+    /// Member `UefiData`.
+    #[serde(rename = "UefiData", default, skip_serializing_if = "Option::is_none")]
+    pub uefi_data: ::std::option::Option<AttributeValue>,
+}
+
+impl FromQuery for ImageAttribute {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            block_device_mappings: node.member(path, "BlockDeviceMapping")?,
+            boot_mode: node.member(path, "BootMode")?,
+            deregistration_protection: node.member(path, "DeregistrationProtection")?,
+            description: node.member(path, "Description")?,
+            image_id: node.member(path, "ImageId")?,
+            imds_support: node.member(path, "ImdsSupport")?,
+            kernel_id: node.member(path, "Kernel")?,
+            last_launched_time: node.member(path, "LastLaunchedTime")?,
+            launch_permissions: node.member(path, "LaunchPermission")?,
+            product_codes: node.member(path, "ProductCodes")?,
+            ramdisk_id: node.member(path, "Ramdisk")?,
+            sriov_net_support: node.member(path, "SriovNetSupport")?,
+            tpm_support: node.member(path, "TpmSupport")?,
+            uefi_data: node.member(path, "UefiData")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for ImageAttribute {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.list(
+            "blockDeviceMapping",
+            "item",
+            self.block_device_mappings.as_ref(),
+        );
+        w.field("bootMode", self.boot_mode.as_ref());
+        w.field(
+            "deregistrationProtection",
+            self.deregistration_protection.as_ref(),
+        );
+        w.field("description", self.description.as_ref());
+        w.field("imageId", self.image_id.as_ref());
+        w.field("imdsSupport", self.imds_support.as_ref());
+        w.field("kernel", self.kernel_id.as_ref());
+        w.field("lastLaunchedTime", self.last_launched_time.as_ref());
+        w.list("launchPermission", "item", self.launch_permissions.as_ref());
+        w.list("productCodes", "item", self.product_codes.as_ref());
+        w.field("ramdisk", self.ramdisk_id.as_ref());
+        w.field("sriovNetSupport", self.sriov_net_support.as_ref());
+        w.field("tpmSupport", self.tpm_support.as_ref());
+        w.field("uefiData", self.uefi_data.as_ref());
     }
 }
 
@@ -5503,6 +8451,2716 @@ impl FromQuery for InferenceDeviceMemoryInfo {
 impl ToXml for InferenceDeviceMemoryInfo {
     fn write_members(&self, w: &mut XmlWriter) {
         w.field("sizeInMiB", self.size_in_mi_b.as_ref());
+    }
+}
+
+/// Shape `Instance`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Instance {
+    /// Member `AmiLaunchIndex`.
+    #[serde(
+        rename = "AmiLaunchIndex",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ami_launch_index: ::std::option::Option<i32>,
+    /// Member `Architecture`.
+    #[serde(
+        rename = "Architecture",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub architecture: ::std::option::Option<::std::string::String>,
+    /// Member `BlockDeviceMappings`.
+    #[serde(
+        rename = "BlockDeviceMappings",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub block_device_mappings: ::std::option::Option<::std::vec::Vec<InstanceBlockDeviceMapping>>,
+    /// Member `BootMode`.
+    #[serde(rename = "BootMode", default, skip_serializing_if = "Option::is_none")]
+    pub boot_mode: ::std::option::Option<::std::string::String>,
+    /// Member `CapacityBlockId`.
+    #[serde(
+        rename = "CapacityBlockId",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub capacity_block_id: ::std::option::Option<::std::string::String>,
+    /// Member `CapacityReservationId`.
+    #[serde(
+        rename = "CapacityReservationId",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub capacity_reservation_id: ::std::option::Option<::std::string::String>,
+    /// Member `CapacityReservationSpecification`.
+    #[serde(
+        rename = "CapacityReservationSpecification",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub capacity_reservation_specification:
+        ::std::option::Option<CapacityReservationSpecificationResponse>,
+    /// Member `ClientToken`.
+    #[serde(
+        rename = "ClientToken",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub client_token: ::std::option::Option<::std::string::String>,
+    /// Member `CpuOptions`.
+    #[serde(
+        rename = "CpuOptions",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub cpu_options: ::std::option::Option<CpuOptions>,
+    /// Member `CurrentInstanceBootMode`.
+    #[serde(
+        rename = "CurrentInstanceBootMode",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub current_instance_boot_mode: ::std::option::Option<::std::string::String>,
+    /// Member `EbsOptimized`.
+    #[serde(
+        rename = "EbsOptimized",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ebs_optimized: ::std::option::Option<bool>,
+    /// Member `ElasticGpuAssociations`.
+    #[serde(
+        rename = "ElasticGpuAssociations",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub elastic_gpu_associations: ::std::option::Option<::std::vec::Vec<ElasticGpuAssociation>>,
+    /// Member `ElasticInferenceAcceleratorAssociations`.
+    #[serde(
+        rename = "ElasticInferenceAcceleratorAssociations",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub elastic_inference_accelerator_associations:
+        ::std::option::Option<::std::vec::Vec<ElasticInferenceAcceleratorAssociation>>,
+    /// Member `EnaSupport`.
+    #[serde(
+        rename = "EnaSupport",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ena_support: ::std::option::Option<bool>,
+    /// Member `EnclaveOptions`.
+    #[serde(
+        rename = "EnclaveOptions",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub enclave_options: ::std::option::Option<EnclaveOptions>,
+    /// Member `HibernationOptions`.
+    #[serde(
+        rename = "HibernationOptions",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub hibernation_options: ::std::option::Option<HibernationOptions>,
+    /// Member `Hypervisor`.
+    #[serde(
+        rename = "Hypervisor",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub hypervisor: ::std::option::Option<::std::string::String>,
+    /// Member `IamInstanceProfile`.
+    #[serde(
+        rename = "IamInstanceProfile",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub iam_instance_profile: ::std::option::Option<IamInstanceProfile>,
+    /// Member `ImageId`.
+    #[serde(rename = "ImageId", default, skip_serializing_if = "Option::is_none")]
+    pub image_id: ::std::option::Option<::std::string::String>,
+    /// Member `InstanceId`.
+    #[serde(
+        rename = "InstanceId",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub instance_id: ::std::option::Option<::std::string::String>,
+    /// Member `InstanceLifecycle`.
+    #[serde(
+        rename = "InstanceLifecycle",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub instance_lifecycle: ::std::option::Option<::std::string::String>,
+    /// Member `InstanceType`.
+    #[serde(
+        rename = "InstanceType",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub instance_type: ::std::option::Option<::std::string::String>,
+    /// Member `Ipv6Address`.
+    #[serde(
+        rename = "Ipv6Address",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ipv6_address: ::std::option::Option<::std::string::String>,
+    /// Member `KernelId`.
+    #[serde(rename = "KernelId", default, skip_serializing_if = "Option::is_none")]
+    pub kernel_id: ::std::option::Option<::std::string::String>,
+    /// Member `KeyName`.
+    #[serde(rename = "KeyName", default, skip_serializing_if = "Option::is_none")]
+    pub key_name: ::std::option::Option<::std::string::String>,
+    /// Member `LaunchTime`.
+    #[serde(
+        rename = "LaunchTime",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub launch_time: ::std::option::Option<Timestamp>,
+    /// Member `Licenses`.
+    #[serde(rename = "Licenses", default, skip_serializing_if = "Option::is_none")]
+    pub licenses: ::std::option::Option<::std::vec::Vec<LicenseConfiguration>>,
+    /// Member `MaintenanceOptions`.
+    #[serde(
+        rename = "MaintenanceOptions",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub maintenance_options: ::std::option::Option<InstanceMaintenanceOptions>,
+    /// Member `MetadataOptions`.
+    #[serde(
+        rename = "MetadataOptions",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub metadata_options: ::std::option::Option<InstanceMetadataOptionsResponse>,
+    /// Member `Monitoring`.
+    #[serde(
+        rename = "Monitoring",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub monitoring: ::std::option::Option<Monitoring>,
+    /// Member `NetworkInterfaces`.
+    #[serde(
+        rename = "NetworkInterfaces",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub network_interfaces: ::std::option::Option<::std::vec::Vec<InstanceNetworkInterface>>,
+    /// Member `NetworkPerformanceOptions`.
+    #[serde(
+        rename = "NetworkPerformanceOptions",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub network_performance_options: ::std::option::Option<InstanceNetworkPerformanceOptions>,
+    /// Member `Operator`.
+    #[serde(rename = "Operator", default, skip_serializing_if = "Option::is_none")]
+    pub operator: ::std::option::Option<OperatorResponse>,
+    /// Member `OutpostArn`.
+    #[serde(
+        rename = "OutpostArn",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub outpost_arn: ::std::option::Option<::std::string::String>,
+    /// Member `Placement`.
+    #[serde(rename = "Placement", default, skip_serializing_if = "Option::is_none")]
+    pub placement: ::std::option::Option<Placement>,
+    /// Member `Platform`.
+    #[serde(rename = "Platform", default, skip_serializing_if = "Option::is_none")]
+    pub platform: ::std::option::Option<::std::string::String>,
+    /// Member `PlatformDetails`.
+    #[serde(
+        rename = "PlatformDetails",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub platform_details: ::std::option::Option<::std::string::String>,
+    /// Member `PrivateDnsName`.
+    #[serde(
+        rename = "PrivateDnsName",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub private_dns_name: ::std::option::Option<::std::string::String>,
+    /// Member `PrivateDnsNameOptions`.
+    #[serde(
+        rename = "PrivateDnsNameOptions",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub private_dns_name_options: ::std::option::Option<PrivateDnsNameOptionsResponse>,
+    /// Member `PrivateIpAddress`.
+    #[serde(
+        rename = "PrivateIpAddress",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub private_ip_address: ::std::option::Option<::std::string::String>,
+    /// Member `ProductCodes`.
+    #[serde(
+        rename = "ProductCodes",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub product_codes: ::std::option::Option<::std::vec::Vec<ProductCode>>,
+    /// Member `PublicDnsName`.
+    #[serde(
+        rename = "PublicDnsName",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub public_dns_name: ::std::option::Option<::std::string::String>,
+    /// Member `PublicIpAddress`.
+    #[serde(
+        rename = "PublicIpAddress",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub public_ip_address: ::std::option::Option<::std::string::String>,
+    /// Member `RamdiskId`.
+    #[serde(rename = "RamdiskId", default, skip_serializing_if = "Option::is_none")]
+    pub ramdisk_id: ::std::option::Option<::std::string::String>,
+    /// Member `RootDeviceName`.
+    #[serde(
+        rename = "RootDeviceName",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub root_device_name: ::std::option::Option<::std::string::String>,
+    /// Member `RootDeviceType`.
+    #[serde(
+        rename = "RootDeviceType",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub root_device_type: ::std::option::Option<::std::string::String>,
+    /// Member `SecondaryInterfaces`.
+    #[serde(
+        rename = "SecondaryInterfaces",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub secondary_interfaces: ::std::option::Option<::std::vec::Vec<InstanceSecondaryInterface>>,
+    /// Member `SecurityGroups`.
+    #[serde(
+        rename = "SecurityGroups",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub security_groups: ::std::option::Option<::std::vec::Vec<GroupIdentifier>>,
+    /// Member `SourceDestCheck`.
+    #[serde(
+        rename = "SourceDestCheck",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub source_dest_check: ::std::option::Option<bool>,
+    /// Member `SpotInstanceRequestId`.
+    #[serde(
+        rename = "SpotInstanceRequestId",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub spot_instance_request_id: ::std::option::Option<::std::string::String>,
+    /// Member `SriovNetSupport`.
+    #[serde(
+        rename = "SriovNetSupport",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub sriov_net_support: ::std::option::Option<::std::string::String>,
+    /// Member `State`.
+    #[serde(rename = "State", default, skip_serializing_if = "Option::is_none")]
+    pub state: ::std::option::Option<InstanceState>,
+    /// Member `StateReason`.
+    #[serde(
+        rename = "StateReason",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub state_reason: ::std::option::Option<StateReason>,
+    /// Member `StateTransitionReason`.
+    #[serde(
+        rename = "StateTransitionReason",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub state_transition_reason: ::std::option::Option<::std::string::String>,
+    /// Member `SubnetId`.
+    #[serde(rename = "SubnetId", default, skip_serializing_if = "Option::is_none")]
+    pub subnet_id: ::std::option::Option<::std::string::String>,
+    /// Member `Tags`.
+    #[serde(rename = "Tags", default, skip_serializing_if = "Option::is_none")]
+    pub tags: ::std::option::Option<::std::vec::Vec<Tag>>,
+    /// Member `TpmSupport`.
+    #[serde(
+        rename = "TpmSupport",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub tpm_support: ::std::option::Option<::std::string::String>,
+    /// Member `UsageOperation`.
+    #[serde(
+        rename = "UsageOperation",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub usage_operation: ::std::option::Option<::std::string::String>,
+    /// Member `UsageOperationUpdateTime`.
+    #[serde(
+        rename = "UsageOperationUpdateTime",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub usage_operation_update_time: ::std::option::Option<Timestamp>,
+    /// Member `VirtualizationType`.
+    #[serde(
+        rename = "VirtualizationType",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub virtualization_type: ::std::option::Option<::std::string::String>,
+    /// Member `VpcId`.
+    #[serde(rename = "VpcId", default, skip_serializing_if = "Option::is_none")]
+    pub vpc_id: ::std::option::Option<::std::string::String>,
+}
+
+impl FromQuery for Instance {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            ami_launch_index: node.member(path, "AmiLaunchIndex")?,
+            architecture: node.member(path, "Architecture")?,
+            block_device_mappings: node.member(path, "BlockDeviceMapping")?,
+            boot_mode: node.member(path, "BootMode")?,
+            capacity_block_id: node.member(path, "CapacityBlockId")?,
+            capacity_reservation_id: node.member(path, "CapacityReservationId")?,
+            capacity_reservation_specification: node
+                .member(path, "CapacityReservationSpecification")?,
+            client_token: node.member(path, "ClientToken")?,
+            cpu_options: node.member(path, "CpuOptions")?,
+            current_instance_boot_mode: node.member(path, "CurrentInstanceBootMode")?,
+            ebs_optimized: node.member(path, "EbsOptimized")?,
+            elastic_gpu_associations: node.member(path, "ElasticGpuAssociationSet")?,
+            elastic_inference_accelerator_associations: node
+                .member(path, "ElasticInferenceAcceleratorAssociationSet")?,
+            ena_support: node.member(path, "EnaSupport")?,
+            enclave_options: node.member(path, "EnclaveOptions")?,
+            hibernation_options: node.member(path, "HibernationOptions")?,
+            hypervisor: node.member(path, "Hypervisor")?,
+            iam_instance_profile: node.member(path, "IamInstanceProfile")?,
+            image_id: node.member(path, "ImageId")?,
+            instance_id: node.member(path, "InstanceId")?,
+            instance_lifecycle: node.member(path, "InstanceLifecycle")?,
+            instance_type: node.member(path, "InstanceType")?,
+            ipv6_address: node.member(path, "Ipv6Address")?,
+            kernel_id: node.member(path, "KernelId")?,
+            key_name: node.member(path, "KeyName")?,
+            launch_time: node.member(path, "LaunchTime")?,
+            licenses: node.member(path, "LicenseSet")?,
+            maintenance_options: node.member(path, "MaintenanceOptions")?,
+            metadata_options: node.member(path, "MetadataOptions")?,
+            monitoring: node.member(path, "Monitoring")?,
+            network_interfaces: node.member(path, "NetworkInterfaceSet")?,
+            network_performance_options: node.member(path, "NetworkPerformanceOptions")?,
+            operator: node.member(path, "Operator")?,
+            outpost_arn: node.member(path, "OutpostArn")?,
+            placement: node.member(path, "Placement")?,
+            platform: node.member(path, "Platform")?,
+            platform_details: node.member(path, "PlatformDetails")?,
+            private_dns_name: node.member(path, "PrivateDnsName")?,
+            private_dns_name_options: node.member(path, "PrivateDnsNameOptions")?,
+            private_ip_address: node.member(path, "PrivateIpAddress")?,
+            product_codes: node.member(path, "ProductCodes")?,
+            public_dns_name: node.member(path, "DnsName")?,
+            public_ip_address: node.member(path, "IpAddress")?,
+            ramdisk_id: node.member(path, "RamdiskId")?,
+            root_device_name: node.member(path, "RootDeviceName")?,
+            root_device_type: node.member(path, "RootDeviceType")?,
+            secondary_interfaces: node.member(path, "SecondaryInterfaceSet")?,
+            security_groups: node.member(path, "GroupSet")?,
+            source_dest_check: node.member(path, "SourceDestCheck")?,
+            spot_instance_request_id: node.member(path, "SpotInstanceRequestId")?,
+            sriov_net_support: node.member(path, "SriovNetSupport")?,
+            state: node.member(path, "InstanceState")?,
+            state_reason: node.member(path, "StateReason")?,
+            state_transition_reason: node.member(path, "Reason")?,
+            subnet_id: node.member(path, "SubnetId")?,
+            tags: node.member(path, "TagSet")?,
+            tpm_support: node.member(path, "TpmSupport")?,
+            usage_operation: node.member(path, "UsageOperation")?,
+            usage_operation_update_time: node.member(path, "UsageOperationUpdateTime")?,
+            virtualization_type: node.member(path, "VirtualizationType")?,
+            vpc_id: node.member(path, "VpcId")?,
+        };
+        node.finish(path)?;
+        query::check_enum(
+            path,
+            "Architecture",
+            value.architecture.as_ref().map(|s| s.as_str()),
+            enums::ArchitectureValues,
+        )?;
+        query::check_enum(
+            path,
+            "BootMode",
+            value.boot_mode.as_ref().map(|s| s.as_str()),
+            enums::BootModeValues,
+        )?;
+        query::check_enum(
+            path,
+            "CurrentInstanceBootMode",
+            value
+                .current_instance_boot_mode
+                .as_ref()
+                .map(|s| s.as_str()),
+            enums::InstanceBootModeValues,
+        )?;
+        query::check_enum(
+            path,
+            "Hypervisor",
+            value.hypervisor.as_ref().map(|s| s.as_str()),
+            enums::HypervisorType,
+        )?;
+        query::check_enum(
+            path,
+            "InstanceLifecycle",
+            value.instance_lifecycle.as_ref().map(|s| s.as_str()),
+            enums::InstanceLifecycleType,
+        )?;
+        query::check_enum(
+            path,
+            "Platform",
+            value.platform.as_ref().map(|s| s.as_str()),
+            enums::PlatformValues,
+        )?;
+        query::check_enum(
+            path,
+            "RootDeviceType",
+            value.root_device_type.as_ref().map(|s| s.as_str()),
+            enums::DeviceType,
+        )?;
+        query::check_enum(
+            path,
+            "VirtualizationType",
+            value.virtualization_type.as_ref().map(|s| s.as_str()),
+            enums::VirtualizationType,
+        )?;
+        Ok(value)
+    }
+}
+
+impl ToXml for Instance {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("amiLaunchIndex", self.ami_launch_index.as_ref());
+        w.field("architecture", self.architecture.as_ref());
+        w.list(
+            "blockDeviceMapping",
+            "item",
+            self.block_device_mappings.as_ref(),
+        );
+        w.field("bootMode", self.boot_mode.as_ref());
+        w.field("capacityBlockId", self.capacity_block_id.as_ref());
+        w.field(
+            "capacityReservationId",
+            self.capacity_reservation_id.as_ref(),
+        );
+        w.field(
+            "capacityReservationSpecification",
+            self.capacity_reservation_specification.as_ref(),
+        );
+        w.field("clientToken", self.client_token.as_ref());
+        w.field("cpuOptions", self.cpu_options.as_ref());
+        w.field(
+            "currentInstanceBootMode",
+            self.current_instance_boot_mode.as_ref(),
+        );
+        w.field("ebsOptimized", self.ebs_optimized.as_ref());
+        w.list(
+            "elasticGpuAssociationSet",
+            "item",
+            self.elastic_gpu_associations.as_ref(),
+        );
+        w.list(
+            "elasticInferenceAcceleratorAssociationSet",
+            "item",
+            self.elastic_inference_accelerator_associations.as_ref(),
+        );
+        w.field("enaSupport", self.ena_support.as_ref());
+        w.field("enclaveOptions", self.enclave_options.as_ref());
+        w.field("hibernationOptions", self.hibernation_options.as_ref());
+        w.field("hypervisor", self.hypervisor.as_ref());
+        w.field("iamInstanceProfile", self.iam_instance_profile.as_ref());
+        w.field("imageId", self.image_id.as_ref());
+        w.field("instanceId", self.instance_id.as_ref());
+        w.field("instanceLifecycle", self.instance_lifecycle.as_ref());
+        w.field("instanceType", self.instance_type.as_ref());
+        w.field("ipv6Address", self.ipv6_address.as_ref());
+        w.field("kernelId", self.kernel_id.as_ref());
+        w.field("keyName", self.key_name.as_ref());
+        w.timestamp("launchTime", self.launch_time.as_ref(), "iso8601");
+        w.list("licenseSet", "item", self.licenses.as_ref());
+        w.field("maintenanceOptions", self.maintenance_options.as_ref());
+        w.field("metadataOptions", self.metadata_options.as_ref());
+        w.field("monitoring", self.monitoring.as_ref());
+        w.list(
+            "networkInterfaceSet",
+            "item",
+            self.network_interfaces.as_ref(),
+        );
+        w.field(
+            "networkPerformanceOptions",
+            self.network_performance_options.as_ref(),
+        );
+        w.field("operator", self.operator.as_ref());
+        w.field("outpostArn", self.outpost_arn.as_ref());
+        w.field("placement", self.placement.as_ref());
+        w.field("platform", self.platform.as_ref());
+        w.field("platformDetails", self.platform_details.as_ref());
+        w.field("privateDnsName", self.private_dns_name.as_ref());
+        w.field(
+            "privateDnsNameOptions",
+            self.private_dns_name_options.as_ref(),
+        );
+        w.field("privateIpAddress", self.private_ip_address.as_ref());
+        w.list("productCodes", "item", self.product_codes.as_ref());
+        w.field("dnsName", self.public_dns_name.as_ref());
+        w.field("ipAddress", self.public_ip_address.as_ref());
+        w.field("ramdiskId", self.ramdisk_id.as_ref());
+        w.field("rootDeviceName", self.root_device_name.as_ref());
+        w.field("rootDeviceType", self.root_device_type.as_ref());
+        w.list(
+            "secondaryInterfaceSet",
+            "item",
+            self.secondary_interfaces.as_ref(),
+        );
+        w.list("groupSet", "item", self.security_groups.as_ref());
+        w.field("sourceDestCheck", self.source_dest_check.as_ref());
+        w.field(
+            "spotInstanceRequestId",
+            self.spot_instance_request_id.as_ref(),
+        );
+        w.field("sriovNetSupport", self.sriov_net_support.as_ref());
+        w.field("instanceState", self.state.as_ref());
+        w.field("stateReason", self.state_reason.as_ref());
+        w.field("reason", self.state_transition_reason.as_ref());
+        w.field("subnetId", self.subnet_id.as_ref());
+        w.list("tagSet", "item", self.tags.as_ref());
+        w.field("tpmSupport", self.tpm_support.as_ref());
+        w.field("usageOperation", self.usage_operation.as_ref());
+        w.timestamp(
+            "usageOperationUpdateTime",
+            self.usage_operation_update_time.as_ref(),
+            "iso8601",
+        );
+        w.field("virtualizationType", self.virtualization_type.as_ref());
+        w.field("vpcId", self.vpc_id.as_ref());
+    }
+}
+
+/// Shape `InstanceAttachmentEnaSrdSpecification`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct InstanceAttachmentEnaSrdSpecification {
+    /// Member `EnaSrdEnabled`.
+    #[serde(
+        rename = "EnaSrdEnabled",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ena_srd_enabled: ::std::option::Option<bool>,
+    /// Member `EnaSrdUdpSpecification`.
+    #[serde(
+        rename = "EnaSrdUdpSpecification",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ena_srd_udp_specification: ::std::option::Option<InstanceAttachmentEnaSrdUdpSpecification>,
+}
+
+impl FromQuery for InstanceAttachmentEnaSrdSpecification {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            ena_srd_enabled: node.member(path, "EnaSrdEnabled")?,
+            ena_srd_udp_specification: node.member(path, "EnaSrdUdpSpecification")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for InstanceAttachmentEnaSrdSpecification {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("enaSrdEnabled", self.ena_srd_enabled.as_ref());
+        w.field(
+            "enaSrdUdpSpecification",
+            self.ena_srd_udp_specification.as_ref(),
+        );
+    }
+}
+
+/// Shape `InstanceAttachmentEnaSrdUdpSpecification`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct InstanceAttachmentEnaSrdUdpSpecification {
+    /// Member `EnaSrdUdpEnabled`.
+    #[serde(
+        rename = "EnaSrdUdpEnabled",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ena_srd_udp_enabled: ::std::option::Option<bool>,
+}
+
+impl FromQuery for InstanceAttachmentEnaSrdUdpSpecification {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            ena_srd_udp_enabled: node.member(path, "EnaSrdUdpEnabled")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for InstanceAttachmentEnaSrdUdpSpecification {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("enaSrdUdpEnabled", self.ena_srd_udp_enabled.as_ref());
+    }
+}
+
+/// Shape `InstanceAttribute`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct InstanceAttribute {
+    /// Member `BlockDeviceMappings`.
+    #[serde(
+        rename = "BlockDeviceMappings",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub block_device_mappings: ::std::option::Option<::std::vec::Vec<InstanceBlockDeviceMapping>>,
+    /// Member `DisableApiStop`.
+    #[serde(
+        rename = "DisableApiStop",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub disable_api_stop: ::std::option::Option<AttributeBooleanValue>,
+    /// Member `DisableApiTermination`.
+    #[serde(
+        rename = "DisableApiTermination",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub disable_api_termination: ::std::option::Option<AttributeBooleanValue>,
+    /// Member `EbsOptimized`.
+    #[serde(
+        rename = "EbsOptimized",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ebs_optimized: ::std::option::Option<AttributeBooleanValue>,
+    /// Member `EnaSupport`.
+    #[serde(
+        rename = "EnaSupport",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ena_support: ::std::option::Option<AttributeBooleanValue>,
+    /// Member `EnclaveOptions`.
+    #[serde(
+        rename = "EnclaveOptions",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub enclave_options: ::std::option::Option<EnclaveOptions>,
+    /// Member `Groups`.
+    #[serde(rename = "Groups", default, skip_serializing_if = "Option::is_none")]
+    pub groups: ::std::option::Option<::std::vec::Vec<GroupIdentifier>>,
+    /// Member `InstanceId`.
+    #[serde(
+        rename = "InstanceId",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub instance_id: ::std::option::Option<::std::string::String>,
+    /// Member `InstanceInitiatedShutdownBehavior`.
+    #[serde(
+        rename = "InstanceInitiatedShutdownBehavior",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub instance_initiated_shutdown_behavior: ::std::option::Option<AttributeValue>,
+    /// Member `InstanceType`.
+    #[serde(
+        rename = "InstanceType",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub instance_type: ::std::option::Option<AttributeValue>,
+    /// Member `KernelId`.
+    #[serde(rename = "KernelId", default, skip_serializing_if = "Option::is_none")]
+    pub kernel_id: ::std::option::Option<AttributeValue>,
+    /// Member `ProductCodes`.
+    #[serde(
+        rename = "ProductCodes",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub product_codes: ::std::option::Option<::std::vec::Vec<ProductCode>>,
+    /// Member `RamdiskId`.
+    #[serde(rename = "RamdiskId", default, skip_serializing_if = "Option::is_none")]
+    pub ramdisk_id: ::std::option::Option<AttributeValue>,
+    /// Member `RootDeviceName`.
+    #[serde(
+        rename = "RootDeviceName",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub root_device_name: ::std::option::Option<AttributeValue>,
+    /// Member `SourceDestCheck`.
+    #[serde(
+        rename = "SourceDestCheck",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub source_dest_check: ::std::option::Option<AttributeBooleanValue>,
+    /// Member `SriovNetSupport`.
+    #[serde(
+        rename = "SriovNetSupport",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub sriov_net_support: ::std::option::Option<AttributeValue>,
+    /// Member `UserData`.
+    #[serde(rename = "UserData", default, skip_serializing_if = "Option::is_none")]
+    pub user_data: ::std::option::Option<AttributeValue>,
+}
+
+impl FromQuery for InstanceAttribute {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            block_device_mappings: node.member(path, "BlockDeviceMapping")?,
+            disable_api_stop: node.member(path, "DisableApiStop")?,
+            disable_api_termination: node.member(path, "DisableApiTermination")?,
+            ebs_optimized: node.member(path, "EbsOptimized")?,
+            ena_support: node.member(path, "EnaSupport")?,
+            enclave_options: node.member(path, "EnclaveOptions")?,
+            groups: node.member(path, "GroupSet")?,
+            instance_id: node.member(path, "InstanceId")?,
+            instance_initiated_shutdown_behavior: node
+                .member(path, "InstanceInitiatedShutdownBehavior")?,
+            instance_type: node.member(path, "InstanceType")?,
+            kernel_id: node.member(path, "Kernel")?,
+            product_codes: node.member(path, "ProductCodes")?,
+            ramdisk_id: node.member(path, "Ramdisk")?,
+            root_device_name: node.member(path, "RootDeviceName")?,
+            source_dest_check: node.member(path, "SourceDestCheck")?,
+            sriov_net_support: node.member(path, "SriovNetSupport")?,
+            user_data: node.member(path, "UserData")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for InstanceAttribute {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.list(
+            "blockDeviceMapping",
+            "item",
+            self.block_device_mappings.as_ref(),
+        );
+        w.field("disableApiStop", self.disable_api_stop.as_ref());
+        w.field(
+            "disableApiTermination",
+            self.disable_api_termination.as_ref(),
+        );
+        w.field("ebsOptimized", self.ebs_optimized.as_ref());
+        w.field("enaSupport", self.ena_support.as_ref());
+        w.field("enclaveOptions", self.enclave_options.as_ref());
+        w.list("groupSet", "item", self.groups.as_ref());
+        w.field("instanceId", self.instance_id.as_ref());
+        w.field(
+            "instanceInitiatedShutdownBehavior",
+            self.instance_initiated_shutdown_behavior.as_ref(),
+        );
+        w.field("instanceType", self.instance_type.as_ref());
+        w.field("kernel", self.kernel_id.as_ref());
+        w.list("productCodes", "item", self.product_codes.as_ref());
+        w.field("ramdisk", self.ramdisk_id.as_ref());
+        w.field("rootDeviceName", self.root_device_name.as_ref());
+        w.field("sourceDestCheck", self.source_dest_check.as_ref());
+        w.field("sriovNetSupport", self.sriov_net_support.as_ref());
+        w.field("userData", self.user_data.as_ref());
+    }
+}
+
+/// Shape `InstanceBlockDeviceMapping`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct InstanceBlockDeviceMapping {
+    /// Member `DeviceName`.
+    #[serde(
+        rename = "DeviceName",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub device_name: ::std::option::Option<::std::string::String>,
+    /// Member `Ebs`.
+    #[serde(rename = "Ebs", default, skip_serializing_if = "Option::is_none")]
+    pub ebs: ::std::option::Option<EbsInstanceBlockDevice>,
+}
+
+impl FromQuery for InstanceBlockDeviceMapping {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            device_name: node.member(path, "DeviceName")?,
+            ebs: node.member(path, "Ebs")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for InstanceBlockDeviceMapping {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("deviceName", self.device_name.as_ref());
+        w.field("ebs", self.ebs.as_ref());
+    }
+}
+
+/// Shape `InstanceBlockDeviceMappingSpecification`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct InstanceBlockDeviceMappingSpecification {
+    /// Member `DeviceName`.
+    #[serde(
+        rename = "DeviceName",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub device_name: ::std::option::Option<::std::string::String>,
+    /// Member `Ebs`.
+    #[serde(rename = "Ebs", default, skip_serializing_if = "Option::is_none")]
+    pub ebs: ::std::option::Option<EbsInstanceBlockDeviceSpecification>,
+    /// Member `NoDevice`.
+    #[serde(rename = "NoDevice", default, skip_serializing_if = "Option::is_none")]
+    pub no_device: ::std::option::Option<::std::string::String>,
+    /// Member `VirtualName`.
+    #[serde(
+        rename = "VirtualName",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub virtual_name: ::std::option::Option<::std::string::String>,
+}
+
+impl FromQuery for InstanceBlockDeviceMappingSpecification {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            device_name: node.member(path, "DeviceName")?,
+            ebs: node.member(path, "Ebs")?,
+            no_device: node.member(path, "NoDevice")?,
+            virtual_name: node.member(path, "VirtualName")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for InstanceBlockDeviceMappingSpecification {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("deviceName", self.device_name.as_ref());
+        w.field("ebs", self.ebs.as_ref());
+        w.field("noDevice", self.no_device.as_ref());
+        w.field("virtualName", self.virtual_name.as_ref());
+    }
+}
+
+/// Shape `InstanceIpv4Prefix`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct InstanceIpv4Prefix {
+    /// Member `Ipv4Prefix`.
+    #[serde(
+        rename = "Ipv4Prefix",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ipv4_prefix: ::std::option::Option<::std::string::String>,
+}
+
+impl FromQuery for InstanceIpv4Prefix {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            ipv4_prefix: node.member(path, "Ipv4Prefix")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for InstanceIpv4Prefix {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("ipv4Prefix", self.ipv4_prefix.as_ref());
+    }
+}
+
+/// Shape `InstanceIpv6Address`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct InstanceIpv6Address {
+    /// Member `Ipv6Address`.
+    #[serde(
+        rename = "Ipv6Address",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ipv6_address: ::std::option::Option<::std::string::String>,
+    /// Member `IsPrimaryIpv6`.
+    #[serde(
+        rename = "IsPrimaryIpv6",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub is_primary_ipv6: ::std::option::Option<bool>,
+}
+
+impl FromQuery for InstanceIpv6Address {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            ipv6_address: node.member(path, "Ipv6Address")?,
+            is_primary_ipv6: node.member(path, "IsPrimaryIpv6")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for InstanceIpv6Address {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("ipv6Address", self.ipv6_address.as_ref());
+        w.field("isPrimaryIpv6", self.is_primary_ipv6.as_ref());
+    }
+}
+
+/// Shape `InstanceIpv6Prefix`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct InstanceIpv6Prefix {
+    /// Member `Ipv6Prefix`.
+    #[serde(
+        rename = "Ipv6Prefix",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ipv6_prefix: ::std::option::Option<::std::string::String>,
+}
+
+impl FromQuery for InstanceIpv6Prefix {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            ipv6_prefix: node.member(path, "Ipv6Prefix")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for InstanceIpv6Prefix {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("ipv6Prefix", self.ipv6_prefix.as_ref());
+    }
+}
+
+/// Shape `InstanceMaintenanceOptions`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct InstanceMaintenanceOptions {
+    /// Member `AutoRecovery`.
+    #[serde(
+        rename = "AutoRecovery",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub auto_recovery: ::std::option::Option<::std::string::String>,
+    /// Member `RebootMigration`.
+    #[serde(
+        rename = "RebootMigration",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub reboot_migration: ::std::option::Option<::std::string::String>,
+}
+
+impl FromQuery for InstanceMaintenanceOptions {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            auto_recovery: node.member(path, "AutoRecovery")?,
+            reboot_migration: node.member(path, "RebootMigration")?,
+        };
+        node.finish(path)?;
+        query::check_enum(
+            path,
+            "AutoRecovery",
+            value.auto_recovery.as_ref().map(|s| s.as_str()),
+            enums::InstanceAutoRecoveryState,
+        )?;
+        query::check_enum(
+            path,
+            "RebootMigration",
+            value.reboot_migration.as_ref().map(|s| s.as_str()),
+            enums::InstanceRebootMigrationState,
+        )?;
+        Ok(value)
+    }
+}
+
+impl ToXml for InstanceMaintenanceOptions {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("autoRecovery", self.auto_recovery.as_ref());
+        w.field("rebootMigration", self.reboot_migration.as_ref());
+    }
+}
+
+/// Shape `InstanceMaintenanceOptionsRequest`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct InstanceMaintenanceOptionsRequest {
+    /// Member `AutoRecovery`.
+    #[serde(
+        rename = "AutoRecovery",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub auto_recovery: ::std::option::Option<::std::string::String>,
+}
+
+impl FromQuery for InstanceMaintenanceOptionsRequest {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            auto_recovery: node.member(path, "AutoRecovery")?,
+        };
+        node.finish(path)?;
+        query::check_enum(
+            path,
+            "AutoRecovery",
+            value.auto_recovery.as_ref().map(|s| s.as_str()),
+            enums::InstanceAutoRecoveryState,
+        )?;
+        Ok(value)
+    }
+}
+
+impl ToXml for InstanceMaintenanceOptionsRequest {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("AutoRecovery", self.auto_recovery.as_ref());
+    }
+}
+
+/// Shape `InstanceMarketOptionsRequest`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct InstanceMarketOptionsRequest {
+    /// Member `MarketType`.
+    #[serde(
+        rename = "MarketType",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub market_type: ::std::option::Option<::std::string::String>,
+    /// Member `SpotOptions`.
+    #[serde(
+        rename = "SpotOptions",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub spot_options: ::std::option::Option<SpotMarketOptions>,
+}
+
+impl FromQuery for InstanceMarketOptionsRequest {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            market_type: node.member(path, "MarketType")?,
+            spot_options: node.member(path, "SpotOptions")?,
+        };
+        node.finish(path)?;
+        query::check_enum(
+            path,
+            "MarketType",
+            value.market_type.as_ref().map(|s| s.as_str()),
+            enums::MarketType,
+        )?;
+        Ok(value)
+    }
+}
+
+impl ToXml for InstanceMarketOptionsRequest {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("MarketType", self.market_type.as_ref());
+        w.field("SpotOptions", self.spot_options.as_ref());
+    }
+}
+
+/// Shape `InstanceMetadataOptionsRequest`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct InstanceMetadataOptionsRequest {
+    /// Member `HttpEndpoint`.
+    #[serde(
+        rename = "HttpEndpoint",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub http_endpoint: ::std::option::Option<::std::string::String>,
+    /// Member `HttpProtocolIpv6`.
+    #[serde(
+        rename = "HttpProtocolIpv6",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub http_protocol_ipv6: ::std::option::Option<::std::string::String>,
+    /// Member `HttpPutResponseHopLimit`.
+    #[serde(
+        rename = "HttpPutResponseHopLimit",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub http_put_response_hop_limit: ::std::option::Option<i32>,
+    /// Member `HttpTokens`.
+    #[serde(
+        rename = "HttpTokens",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub http_tokens: ::std::option::Option<::std::string::String>,
+    /// Member `InstanceMetadataTags`.
+    #[serde(
+        rename = "InstanceMetadataTags",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub instance_metadata_tags: ::std::option::Option<::std::string::String>,
+}
+
+impl FromQuery for InstanceMetadataOptionsRequest {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            http_endpoint: node.member(path, "HttpEndpoint")?,
+            http_protocol_ipv6: node.member(path, "HttpProtocolIpv6")?,
+            http_put_response_hop_limit: node.member(path, "HttpPutResponseHopLimit")?,
+            http_tokens: node.member(path, "HttpTokens")?,
+            instance_metadata_tags: node.member(path, "InstanceMetadataTags")?,
+        };
+        node.finish(path)?;
+        query::check_enum(
+            path,
+            "HttpEndpoint",
+            value.http_endpoint.as_ref().map(|s| s.as_str()),
+            enums::InstanceMetadataEndpointState,
+        )?;
+        query::check_enum(
+            path,
+            "HttpProtocolIpv6",
+            value.http_protocol_ipv6.as_ref().map(|s| s.as_str()),
+            enums::InstanceMetadataProtocolState,
+        )?;
+        query::check_enum(
+            path,
+            "HttpTokens",
+            value.http_tokens.as_ref().map(|s| s.as_str()),
+            enums::HttpTokensState,
+        )?;
+        query::check_enum(
+            path,
+            "InstanceMetadataTags",
+            value.instance_metadata_tags.as_ref().map(|s| s.as_str()),
+            enums::InstanceMetadataTagsState,
+        )?;
+        Ok(value)
+    }
+}
+
+impl ToXml for InstanceMetadataOptionsRequest {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("HttpEndpoint", self.http_endpoint.as_ref());
+        w.field("HttpProtocolIpv6", self.http_protocol_ipv6.as_ref());
+        w.field(
+            "HttpPutResponseHopLimit",
+            self.http_put_response_hop_limit.as_ref(),
+        );
+        w.field("HttpTokens", self.http_tokens.as_ref());
+        w.field("InstanceMetadataTags", self.instance_metadata_tags.as_ref());
+    }
+}
+
+/// Shape `InstanceMetadataOptionsResponse`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct InstanceMetadataOptionsResponse {
+    /// Member `HttpEndpoint`.
+    #[serde(
+        rename = "HttpEndpoint",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub http_endpoint: ::std::option::Option<::std::string::String>,
+    /// Member `HttpProtocolIpv6`.
+    #[serde(
+        rename = "HttpProtocolIpv6",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub http_protocol_ipv6: ::std::option::Option<::std::string::String>,
+    /// Member `HttpPutResponseHopLimit`.
+    #[serde(
+        rename = "HttpPutResponseHopLimit",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub http_put_response_hop_limit: ::std::option::Option<i32>,
+    /// Member `HttpTokens`.
+    #[serde(
+        rename = "HttpTokens",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub http_tokens: ::std::option::Option<::std::string::String>,
+    /// Member `InstanceMetadataTags`.
+    #[serde(
+        rename = "InstanceMetadataTags",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub instance_metadata_tags: ::std::option::Option<::std::string::String>,
+    /// Member `State`.
+    #[serde(rename = "State", default, skip_serializing_if = "Option::is_none")]
+    pub state: ::std::option::Option<::std::string::String>,
+}
+
+impl FromQuery for InstanceMetadataOptionsResponse {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            http_endpoint: node.member(path, "HttpEndpoint")?,
+            http_protocol_ipv6: node.member(path, "HttpProtocolIpv6")?,
+            http_put_response_hop_limit: node.member(path, "HttpPutResponseHopLimit")?,
+            http_tokens: node.member(path, "HttpTokens")?,
+            instance_metadata_tags: node.member(path, "InstanceMetadataTags")?,
+            state: node.member(path, "State")?,
+        };
+        node.finish(path)?;
+        query::check_enum(
+            path,
+            "HttpEndpoint",
+            value.http_endpoint.as_ref().map(|s| s.as_str()),
+            enums::InstanceMetadataEndpointState,
+        )?;
+        query::check_enum(
+            path,
+            "HttpProtocolIpv6",
+            value.http_protocol_ipv6.as_ref().map(|s| s.as_str()),
+            enums::InstanceMetadataProtocolState,
+        )?;
+        query::check_enum(
+            path,
+            "HttpTokens",
+            value.http_tokens.as_ref().map(|s| s.as_str()),
+            enums::HttpTokensState,
+        )?;
+        query::check_enum(
+            path,
+            "InstanceMetadataTags",
+            value.instance_metadata_tags.as_ref().map(|s| s.as_str()),
+            enums::InstanceMetadataTagsState,
+        )?;
+        query::check_enum(
+            path,
+            "State",
+            value.state.as_ref().map(|s| s.as_str()),
+            enums::InstanceMetadataOptionsState,
+        )?;
+        Ok(value)
+    }
+}
+
+impl ToXml for InstanceMetadataOptionsResponse {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("httpEndpoint", self.http_endpoint.as_ref());
+        w.field("httpProtocolIpv6", self.http_protocol_ipv6.as_ref());
+        w.field(
+            "httpPutResponseHopLimit",
+            self.http_put_response_hop_limit.as_ref(),
+        );
+        w.field("httpTokens", self.http_tokens.as_ref());
+        w.field("instanceMetadataTags", self.instance_metadata_tags.as_ref());
+        w.field("state", self.state.as_ref());
+    }
+}
+
+/// Shape `InstanceNetworkInterface`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct InstanceNetworkInterface {
+    /// Member `Association`.
+    #[serde(
+        rename = "Association",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub association: ::std::option::Option<InstanceNetworkInterfaceAssociation>,
+    /// Member `Attachment`.
+    #[serde(
+        rename = "Attachment",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub attachment: ::std::option::Option<InstanceNetworkInterfaceAttachment>,
+    /// Member `ConnectionTrackingConfiguration`.
+    #[serde(
+        rename = "ConnectionTrackingConfiguration",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub connection_tracking_configuration:
+        ::std::option::Option<ConnectionTrackingSpecificationResponse>,
+    /// Member `Description`.
+    #[serde(
+        rename = "Description",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub description: ::std::option::Option<::std::string::String>,
+    /// Member `Groups`.
+    #[serde(rename = "Groups", default, skip_serializing_if = "Option::is_none")]
+    pub groups: ::std::option::Option<::std::vec::Vec<GroupIdentifier>>,
+    /// Member `InterfaceType`.
+    #[serde(
+        rename = "InterfaceType",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub interface_type: ::std::option::Option<::std::string::String>,
+    /// Member `Ipv4Prefixes`.
+    #[serde(
+        rename = "Ipv4Prefixes",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ipv4_prefixes: ::std::option::Option<::std::vec::Vec<InstanceIpv4Prefix>>,
+    /// Member `Ipv6Addresses`.
+    #[serde(
+        rename = "Ipv6Addresses",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ipv6_addresses: ::std::option::Option<::std::vec::Vec<InstanceIpv6Address>>,
+    /// Member `Ipv6Prefixes`.
+    #[serde(
+        rename = "Ipv6Prefixes",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ipv6_prefixes: ::std::option::Option<::std::vec::Vec<InstanceIpv6Prefix>>,
+    /// Member `MacAddress`.
+    #[serde(
+        rename = "MacAddress",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub mac_address: ::std::option::Option<::std::string::String>,
+    /// Member `NetworkInterfaceId`.
+    #[serde(
+        rename = "NetworkInterfaceId",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub network_interface_id: ::std::option::Option<::std::string::String>,
+    /// Member `Operator`.
+    #[serde(rename = "Operator", default, skip_serializing_if = "Option::is_none")]
+    pub operator: ::std::option::Option<OperatorResponse>,
+    /// Member `OwnerId`.
+    #[serde(rename = "OwnerId", default, skip_serializing_if = "Option::is_none")]
+    pub owner_id: ::std::option::Option<::std::string::String>,
+    /// Member `PrivateDnsName`.
+    #[serde(
+        rename = "PrivateDnsName",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub private_dns_name: ::std::option::Option<::std::string::String>,
+    /// Member `PrivateIpAddress`.
+    #[serde(
+        rename = "PrivateIpAddress",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub private_ip_address: ::std::option::Option<::std::string::String>,
+    /// Member `PrivateIpAddresses`.
+    #[serde(
+        rename = "PrivateIpAddresses",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub private_ip_addresses: ::std::option::Option<::std::vec::Vec<InstancePrivateIpAddress>>,
+    /// Member `SourceDestCheck`.
+    #[serde(
+        rename = "SourceDestCheck",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub source_dest_check: ::std::option::Option<bool>,
+    /// Member `Status`.
+    #[serde(rename = "Status", default, skip_serializing_if = "Option::is_none")]
+    pub status: ::std::option::Option<::std::string::String>,
+    /// Member `SubnetId`.
+    #[serde(rename = "SubnetId", default, skip_serializing_if = "Option::is_none")]
+    pub subnet_id: ::std::option::Option<::std::string::String>,
+    /// Member `VpcId`.
+    #[serde(rename = "VpcId", default, skip_serializing_if = "Option::is_none")]
+    pub vpc_id: ::std::option::Option<::std::string::String>,
+}
+
+impl FromQuery for InstanceNetworkInterface {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            association: node.member(path, "Association")?,
+            attachment: node.member(path, "Attachment")?,
+            connection_tracking_configuration: node
+                .member(path, "ConnectionTrackingConfiguration")?,
+            description: node.member(path, "Description")?,
+            groups: node.member(path, "GroupSet")?,
+            interface_type: node.member(path, "InterfaceType")?,
+            ipv4_prefixes: node.member(path, "Ipv4PrefixSet")?,
+            ipv6_addresses: node.member(path, "Ipv6AddressesSet")?,
+            ipv6_prefixes: node.member(path, "Ipv6PrefixSet")?,
+            mac_address: node.member(path, "MacAddress")?,
+            network_interface_id: node.member(path, "NetworkInterfaceId")?,
+            operator: node.member(path, "Operator")?,
+            owner_id: node.member(path, "OwnerId")?,
+            private_dns_name: node.member(path, "PrivateDnsName")?,
+            private_ip_address: node.member(path, "PrivateIpAddress")?,
+            private_ip_addresses: node.member(path, "PrivateIpAddressesSet")?,
+            source_dest_check: node.member(path, "SourceDestCheck")?,
+            status: node.member(path, "Status")?,
+            subnet_id: node.member(path, "SubnetId")?,
+            vpc_id: node.member(path, "VpcId")?,
+        };
+        node.finish(path)?;
+        query::check_enum(
+            path,
+            "Status",
+            value.status.as_ref().map(|s| s.as_str()),
+            enums::NetworkInterfaceStatus,
+        )?;
+        Ok(value)
+    }
+}
+
+impl ToXml for InstanceNetworkInterface {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("association", self.association.as_ref());
+        w.field("attachment", self.attachment.as_ref());
+        w.field(
+            "connectionTrackingConfiguration",
+            self.connection_tracking_configuration.as_ref(),
+        );
+        w.field("description", self.description.as_ref());
+        w.list("groupSet", "item", self.groups.as_ref());
+        w.field("interfaceType", self.interface_type.as_ref());
+        w.list("ipv4PrefixSet", "item", self.ipv4_prefixes.as_ref());
+        w.list("ipv6AddressesSet", "item", self.ipv6_addresses.as_ref());
+        w.list("ipv6PrefixSet", "item", self.ipv6_prefixes.as_ref());
+        w.field("macAddress", self.mac_address.as_ref());
+        w.field("networkInterfaceId", self.network_interface_id.as_ref());
+        w.field("operator", self.operator.as_ref());
+        w.field("ownerId", self.owner_id.as_ref());
+        w.field("privateDnsName", self.private_dns_name.as_ref());
+        w.field("privateIpAddress", self.private_ip_address.as_ref());
+        w.list(
+            "privateIpAddressesSet",
+            "item",
+            self.private_ip_addresses.as_ref(),
+        );
+        w.field("sourceDestCheck", self.source_dest_check.as_ref());
+        w.field("status", self.status.as_ref());
+        w.field("subnetId", self.subnet_id.as_ref());
+        w.field("vpcId", self.vpc_id.as_ref());
+    }
+}
+
+/// Shape `InstanceNetworkInterfaceAssociation`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct InstanceNetworkInterfaceAssociation {
+    /// Member `CarrierIp`.
+    #[serde(rename = "CarrierIp", default, skip_serializing_if = "Option::is_none")]
+    pub carrier_ip: ::std::option::Option<::std::string::String>,
+    /// Member `CustomerOwnedIp`.
+    #[serde(
+        rename = "CustomerOwnedIp",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub customer_owned_ip: ::std::option::Option<::std::string::String>,
+    /// Member `IpOwnerId`.
+    #[serde(rename = "IpOwnerId", default, skip_serializing_if = "Option::is_none")]
+    pub ip_owner_id: ::std::option::Option<::std::string::String>,
+    /// Member `PublicDnsName`.
+    #[serde(
+        rename = "PublicDnsName",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub public_dns_name: ::std::option::Option<::std::string::String>,
+    /// Member `PublicIp`.
+    #[serde(rename = "PublicIp", default, skip_serializing_if = "Option::is_none")]
+    pub public_ip: ::std::option::Option<::std::string::String>,
+}
+
+impl FromQuery for InstanceNetworkInterfaceAssociation {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            carrier_ip: node.member(path, "CarrierIp")?,
+            customer_owned_ip: node.member(path, "CustomerOwnedIp")?,
+            ip_owner_id: node.member(path, "IpOwnerId")?,
+            public_dns_name: node.member(path, "PublicDnsName")?,
+            public_ip: node.member(path, "PublicIp")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for InstanceNetworkInterfaceAssociation {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("carrierIp", self.carrier_ip.as_ref());
+        w.field("customerOwnedIp", self.customer_owned_ip.as_ref());
+        w.field("ipOwnerId", self.ip_owner_id.as_ref());
+        w.field("publicDnsName", self.public_dns_name.as_ref());
+        w.field("publicIp", self.public_ip.as_ref());
+    }
+}
+
+/// Shape `InstanceNetworkInterfaceAttachment`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct InstanceNetworkInterfaceAttachment {
+    /// Member `AttachTime`.
+    #[serde(
+        rename = "AttachTime",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub attach_time: ::std::option::Option<Timestamp>,
+    /// Member `AttachmentId`.
+    #[serde(
+        rename = "AttachmentId",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub attachment_id: ::std::option::Option<::std::string::String>,
+    /// Member `DeleteOnTermination`.
+    #[serde(
+        rename = "DeleteOnTermination",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub delete_on_termination: ::std::option::Option<bool>,
+    /// Member `DeviceIndex`.
+    #[serde(
+        rename = "DeviceIndex",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub device_index: ::std::option::Option<i32>,
+    /// Member `EnaQueueCount`.
+    #[serde(
+        rename = "EnaQueueCount",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ena_queue_count: ::std::option::Option<i32>,
+    /// Member `EnaSrdSpecification`.
+    #[serde(
+        rename = "EnaSrdSpecification",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ena_srd_specification: ::std::option::Option<InstanceAttachmentEnaSrdSpecification>,
+    /// Member `NetworkCardIndex`.
+    #[serde(
+        rename = "NetworkCardIndex",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub network_card_index: ::std::option::Option<i32>,
+    /// Member `Status`.
+    #[serde(rename = "Status", default, skip_serializing_if = "Option::is_none")]
+    pub status: ::std::option::Option<::std::string::String>,
+}
+
+impl FromQuery for InstanceNetworkInterfaceAttachment {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            attach_time: node.member(path, "AttachTime")?,
+            attachment_id: node.member(path, "AttachmentId")?,
+            delete_on_termination: node.member(path, "DeleteOnTermination")?,
+            device_index: node.member(path, "DeviceIndex")?,
+            ena_queue_count: node.member(path, "EnaQueueCount")?,
+            ena_srd_specification: node.member(path, "EnaSrdSpecification")?,
+            network_card_index: node.member(path, "NetworkCardIndex")?,
+            status: node.member(path, "Status")?,
+        };
+        node.finish(path)?;
+        query::check_enum(
+            path,
+            "Status",
+            value.status.as_ref().map(|s| s.as_str()),
+            enums::AttachmentStatus,
+        )?;
+        Ok(value)
+    }
+}
+
+impl ToXml for InstanceNetworkInterfaceAttachment {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.timestamp("attachTime", self.attach_time.as_ref(), "iso8601");
+        w.field("attachmentId", self.attachment_id.as_ref());
+        w.field("deleteOnTermination", self.delete_on_termination.as_ref());
+        w.field("deviceIndex", self.device_index.as_ref());
+        w.field("enaQueueCount", self.ena_queue_count.as_ref());
+        w.field("enaSrdSpecification", self.ena_srd_specification.as_ref());
+        w.field("networkCardIndex", self.network_card_index.as_ref());
+        w.field("status", self.status.as_ref());
+    }
+}
+
+/// Shape `InstanceNetworkInterfaceSpecification`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct InstanceNetworkInterfaceSpecification {
+    /// Member `AssociateCarrierIpAddress`.
+    #[serde(
+        rename = "AssociateCarrierIpAddress",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub associate_carrier_ip_address: ::std::option::Option<bool>,
+    /// Member `AssociatePublicIpAddress`.
+    #[serde(
+        rename = "AssociatePublicIpAddress",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub associate_public_ip_address: ::std::option::Option<bool>,
+    /// Member `ConnectionTrackingSpecification`.
+    #[serde(
+        rename = "ConnectionTrackingSpecification",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub connection_tracking_specification:
+        ::std::option::Option<ConnectionTrackingSpecificationRequest>,
+    /// Member `DeleteOnTermination`.
+    #[serde(
+        rename = "DeleteOnTermination",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub delete_on_termination: ::std::option::Option<bool>,
+    /// Member `Description`.
+    #[serde(
+        rename = "Description",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub description: ::std::option::Option<::std::string::String>,
+    /// Member `DeviceIndex`.
+    #[serde(
+        rename = "DeviceIndex",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub device_index: ::std::option::Option<i32>,
+    /// Member `EnaQueueCount`.
+    #[serde(
+        rename = "EnaQueueCount",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ena_queue_count: ::std::option::Option<i32>,
+    /// Member `EnaSrdSpecification`.
+    #[serde(
+        rename = "EnaSrdSpecification",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ena_srd_specification: ::std::option::Option<EnaSrdSpecificationRequest>,
+    /// Member `Groups`.
+    #[serde(rename = "Groups", default, skip_serializing_if = "Option::is_none")]
+    pub groups: ::std::option::Option<::std::vec::Vec<::std::string::String>>,
+    /// Member `InterfaceType`.
+    #[serde(
+        rename = "InterfaceType",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub interface_type: ::std::option::Option<::std::string::String>,
+    /// Member `Ipv4PrefixCount`.
+    #[serde(
+        rename = "Ipv4PrefixCount",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ipv4_prefix_count: ::std::option::Option<i32>,
+    /// Member `Ipv4Prefixes`.
+    #[serde(
+        rename = "Ipv4Prefixes",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ipv4_prefixes: ::std::option::Option<::std::vec::Vec<Ipv4PrefixSpecificationRequest>>,
+    /// Member `Ipv6AddressCount`.
+    #[serde(
+        rename = "Ipv6AddressCount",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ipv6_address_count: ::std::option::Option<i32>,
+    /// Member `Ipv6Addresses`.
+    #[serde(
+        rename = "Ipv6Addresses",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ipv6_addresses: ::std::option::Option<::std::vec::Vec<InstanceIpv6Address>>,
+    /// Member `Ipv6PrefixCount`.
+    #[serde(
+        rename = "Ipv6PrefixCount",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ipv6_prefix_count: ::std::option::Option<i32>,
+    /// Member `Ipv6Prefixes`.
+    #[serde(
+        rename = "Ipv6Prefixes",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ipv6_prefixes: ::std::option::Option<::std::vec::Vec<Ipv6PrefixSpecificationRequest>>,
+    /// Member `NetworkCardIndex`.
+    #[serde(
+        rename = "NetworkCardIndex",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub network_card_index: ::std::option::Option<i32>,
+    /// Member `NetworkInterfaceId`.
+    #[serde(
+        rename = "NetworkInterfaceId",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub network_interface_id: ::std::option::Option<::std::string::String>,
+    /// Member `PrimaryIpv6`.
+    #[serde(
+        rename = "PrimaryIpv6",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub primary_ipv6: ::std::option::Option<bool>,
+    /// Member `PrivateIpAddress`.
+    #[serde(
+        rename = "PrivateIpAddress",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub private_ip_address: ::std::option::Option<::std::string::String>,
+    /// Member `PrivateIpAddresses`.
+    #[serde(
+        rename = "PrivateIpAddresses",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub private_ip_addresses: ::std::option::Option<::std::vec::Vec<PrivateIpAddressSpecification>>,
+    /// Member `SecondaryPrivateIpAddressCount`.
+    #[serde(
+        rename = "SecondaryPrivateIpAddressCount",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub secondary_private_ip_address_count: ::std::option::Option<i32>,
+    /// Member `SubnetId`.
+    #[serde(rename = "SubnetId", default, skip_serializing_if = "Option::is_none")]
+    pub subnet_id: ::std::option::Option<::std::string::String>,
+}
+
+impl FromQuery for InstanceNetworkInterfaceSpecification {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            associate_carrier_ip_address: node.member(path, "AssociateCarrierIpAddress")?,
+            associate_public_ip_address: node.member(path, "AssociatePublicIpAddress")?,
+            connection_tracking_specification: node
+                .member(path, "ConnectionTrackingSpecification")?,
+            delete_on_termination: node.member(path, "DeleteOnTermination")?,
+            description: node.member(path, "Description")?,
+            device_index: node.member(path, "DeviceIndex")?,
+            ena_queue_count: node.member(path, "EnaQueueCount")?,
+            ena_srd_specification: node.member(path, "EnaSrdSpecification")?,
+            groups: node.member(path, "SecurityGroupId")?,
+            interface_type: node.member(path, "InterfaceType")?,
+            ipv4_prefix_count: node.member(path, "Ipv4PrefixCount")?,
+            ipv4_prefixes: node.member(path, "Ipv4Prefix")?,
+            ipv6_address_count: node.member(path, "Ipv6AddressCount")?,
+            ipv6_addresses: node.member(path, "Ipv6Addresses")?,
+            ipv6_prefix_count: node.member(path, "Ipv6PrefixCount")?,
+            ipv6_prefixes: node.member(path, "Ipv6Prefix")?,
+            network_card_index: node.member(path, "NetworkCardIndex")?,
+            network_interface_id: node.member(path, "NetworkInterfaceId")?,
+            primary_ipv6: node.member(path, "PrimaryIpv6")?,
+            private_ip_address: node.member(path, "PrivateIpAddress")?,
+            private_ip_addresses: node.member(path, "PrivateIpAddresses")?,
+            secondary_private_ip_address_count: node
+                .member(path, "SecondaryPrivateIpAddressCount")?,
+            subnet_id: node.member(path, "SubnetId")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for InstanceNetworkInterfaceSpecification {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field(
+            "AssociateCarrierIpAddress",
+            self.associate_carrier_ip_address.as_ref(),
+        );
+        w.field(
+            "associatePublicIpAddress",
+            self.associate_public_ip_address.as_ref(),
+        );
+        w.field(
+            "ConnectionTrackingSpecification",
+            self.connection_tracking_specification.as_ref(),
+        );
+        w.field("deleteOnTermination", self.delete_on_termination.as_ref());
+        w.field("description", self.description.as_ref());
+        w.field("deviceIndex", self.device_index.as_ref());
+        w.field("EnaQueueCount", self.ena_queue_count.as_ref());
+        w.field("EnaSrdSpecification", self.ena_srd_specification.as_ref());
+        w.list("SecurityGroupId", "SecurityGroupId", self.groups.as_ref());
+        w.field("InterfaceType", self.interface_type.as_ref());
+        w.field("Ipv4PrefixCount", self.ipv4_prefix_count.as_ref());
+        w.list("Ipv4Prefix", "item", self.ipv4_prefixes.as_ref());
+        w.field("ipv6AddressCount", self.ipv6_address_count.as_ref());
+        w.list("ipv6AddressesSet", "item", self.ipv6_addresses.as_ref());
+        w.field("Ipv6PrefixCount", self.ipv6_prefix_count.as_ref());
+        w.list("Ipv6Prefix", "item", self.ipv6_prefixes.as_ref());
+        w.field("NetworkCardIndex", self.network_card_index.as_ref());
+        w.field("networkInterfaceId", self.network_interface_id.as_ref());
+        w.field("PrimaryIpv6", self.primary_ipv6.as_ref());
+        w.field("privateIpAddress", self.private_ip_address.as_ref());
+        w.list(
+            "privateIpAddressesSet",
+            "item",
+            self.private_ip_addresses.as_ref(),
+        );
+        w.field(
+            "secondaryPrivateIpAddressCount",
+            self.secondary_private_ip_address_count.as_ref(),
+        );
+        w.field("subnetId", self.subnet_id.as_ref());
+    }
+}
+
+/// Shape `InstanceNetworkPerformanceOptions`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct InstanceNetworkPerformanceOptions {
+    /// Member `BandwidthWeighting`.
+    #[serde(
+        rename = "BandwidthWeighting",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub bandwidth_weighting: ::std::option::Option<::std::string::String>,
+}
+
+impl FromQuery for InstanceNetworkPerformanceOptions {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            bandwidth_weighting: node.member(path, "BandwidthWeighting")?,
+        };
+        node.finish(path)?;
+        query::check_enum(
+            path,
+            "BandwidthWeighting",
+            value.bandwidth_weighting.as_ref().map(|s| s.as_str()),
+            enums::InstanceBandwidthWeighting,
+        )?;
+        Ok(value)
+    }
+}
+
+impl ToXml for InstanceNetworkPerformanceOptions {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("bandwidthWeighting", self.bandwidth_weighting.as_ref());
+    }
+}
+
+/// Shape `InstanceNetworkPerformanceOptionsRequest`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct InstanceNetworkPerformanceOptionsRequest {
+    /// Member `BandwidthWeighting`.
+    #[serde(
+        rename = "BandwidthWeighting",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub bandwidth_weighting: ::std::option::Option<::std::string::String>,
+}
+
+impl FromQuery for InstanceNetworkPerformanceOptionsRequest {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            bandwidth_weighting: node.member(path, "BandwidthWeighting")?,
+        };
+        node.finish(path)?;
+        query::check_enum(
+            path,
+            "BandwidthWeighting",
+            value.bandwidth_weighting.as_ref().map(|s| s.as_str()),
+            enums::InstanceBandwidthWeighting,
+        )?;
+        Ok(value)
+    }
+}
+
+impl ToXml for InstanceNetworkPerformanceOptionsRequest {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("BandwidthWeighting", self.bandwidth_weighting.as_ref());
+    }
+}
+
+/// Shape `InstancePrivateIpAddress`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct InstancePrivateIpAddress {
+    /// Member `Association`.
+    #[serde(
+        rename = "Association",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub association: ::std::option::Option<InstanceNetworkInterfaceAssociation>,
+    /// Member `Primary`.
+    #[serde(rename = "Primary", default, skip_serializing_if = "Option::is_none")]
+    pub primary: ::std::option::Option<bool>,
+    /// Member `PrivateDnsName`.
+    #[serde(
+        rename = "PrivateDnsName",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub private_dns_name: ::std::option::Option<::std::string::String>,
+    /// Member `PrivateIpAddress`.
+    #[serde(
+        rename = "PrivateIpAddress",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub private_ip_address: ::std::option::Option<::std::string::String>,
+}
+
+impl FromQuery for InstancePrivateIpAddress {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            association: node.member(path, "Association")?,
+            primary: node.member(path, "Primary")?,
+            private_dns_name: node.member(path, "PrivateDnsName")?,
+            private_ip_address: node.member(path, "PrivateIpAddress")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for InstancePrivateIpAddress {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("association", self.association.as_ref());
+        w.field("primary", self.primary.as_ref());
+        w.field("privateDnsName", self.private_dns_name.as_ref());
+        w.field("privateIpAddress", self.private_ip_address.as_ref());
+    }
+}
+
+/// Shape `InstanceSecondaryInterface`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct InstanceSecondaryInterface {
+    /// Member `Attachment`.
+    #[serde(
+        rename = "Attachment",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub attachment: ::std::option::Option<InstanceSecondaryInterfaceAttachment>,
+    /// Member `InterfaceType`.
+    #[serde(
+        rename = "InterfaceType",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub interface_type: ::std::option::Option<::std::string::String>,
+    /// Member `MacAddress`.
+    #[serde(
+        rename = "MacAddress",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub mac_address: ::std::option::Option<::std::string::String>,
+    /// Member `OwnerId`.
+    #[serde(rename = "OwnerId", default, skip_serializing_if = "Option::is_none")]
+    pub owner_id: ::std::option::Option<::std::string::String>,
+    /// Member `PrivateIpAddresses`.
+    #[serde(
+        rename = "PrivateIpAddresses",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub private_ip_addresses:
+        ::std::option::Option<::std::vec::Vec<InstanceSecondaryInterfacePrivateIpAddress>>,
+    /// Member `SecondaryInterfaceId`.
+    #[serde(
+        rename = "SecondaryInterfaceId",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub secondary_interface_id: ::std::option::Option<::std::string::String>,
+    /// Member `SecondaryNetworkId`.
+    #[serde(
+        rename = "SecondaryNetworkId",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub secondary_network_id: ::std::option::Option<::std::string::String>,
+    /// Member `SecondarySubnetId`.
+    #[serde(
+        rename = "SecondarySubnetId",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub secondary_subnet_id: ::std::option::Option<::std::string::String>,
+    /// Member `SourceDestCheck`.
+    #[serde(
+        rename = "SourceDestCheck",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub source_dest_check: ::std::option::Option<bool>,
+    /// Member `Status`.
+    #[serde(rename = "Status", default, skip_serializing_if = "Option::is_none")]
+    pub status: ::std::option::Option<::std::string::String>,
+}
+
+impl FromQuery for InstanceSecondaryInterface {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            attachment: node.member(path, "Attachment")?,
+            interface_type: node.member(path, "InterfaceType")?,
+            mac_address: node.member(path, "MacAddress")?,
+            owner_id: node.member(path, "OwnerId")?,
+            private_ip_addresses: node.member(path, "PrivateIpAddressSet")?,
+            secondary_interface_id: node.member(path, "SecondaryInterfaceId")?,
+            secondary_network_id: node.member(path, "SecondaryNetworkId")?,
+            secondary_subnet_id: node.member(path, "SecondarySubnetId")?,
+            source_dest_check: node.member(path, "SourceDestCheck")?,
+            status: node.member(path, "Status")?,
+        };
+        node.finish(path)?;
+        query::check_enum(
+            path,
+            "InterfaceType",
+            value.interface_type.as_ref().map(|s| s.as_str()),
+            enums::SecondaryInterfaceType,
+        )?;
+        query::check_enum(
+            path,
+            "Status",
+            value.status.as_ref().map(|s| s.as_str()),
+            enums::SecondaryInterfaceStatus,
+        )?;
+        Ok(value)
+    }
+}
+
+impl ToXml for InstanceSecondaryInterface {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("attachment", self.attachment.as_ref());
+        w.field("interfaceType", self.interface_type.as_ref());
+        w.field("macAddress", self.mac_address.as_ref());
+        w.field("ownerId", self.owner_id.as_ref());
+        w.list(
+            "privateIpAddressSet",
+            "item",
+            self.private_ip_addresses.as_ref(),
+        );
+        w.field("secondaryInterfaceId", self.secondary_interface_id.as_ref());
+        w.field("secondaryNetworkId", self.secondary_network_id.as_ref());
+        w.field("secondarySubnetId", self.secondary_subnet_id.as_ref());
+        w.field("sourceDestCheck", self.source_dest_check.as_ref());
+        w.field("status", self.status.as_ref());
+    }
+}
+
+/// Shape `InstanceSecondaryInterfaceAttachment`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct InstanceSecondaryInterfaceAttachment {
+    /// Member `AttachTime`.
+    #[serde(
+        rename = "AttachTime",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub attach_time: ::std::option::Option<Timestamp>,
+    /// Member `AttachmentId`.
+    #[serde(
+        rename = "AttachmentId",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub attachment_id: ::std::option::Option<::std::string::String>,
+    /// Member `DeleteOnTermination`.
+    #[serde(
+        rename = "DeleteOnTermination",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub delete_on_termination: ::std::option::Option<bool>,
+    /// Member `DeviceIndex`.
+    #[serde(
+        rename = "DeviceIndex",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub device_index: ::std::option::Option<i32>,
+    /// Member `NetworkCardIndex`.
+    #[serde(
+        rename = "NetworkCardIndex",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub network_card_index: ::std::option::Option<i32>,
+    /// Member `Status`.
+    #[serde(rename = "Status", default, skip_serializing_if = "Option::is_none")]
+    pub status: ::std::option::Option<::std::string::String>,
+}
+
+impl FromQuery for InstanceSecondaryInterfaceAttachment {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            attach_time: node.member(path, "AttachTime")?,
+            attachment_id: node.member(path, "AttachmentId")?,
+            delete_on_termination: node.member(path, "DeleteOnTermination")?,
+            device_index: node.member(path, "DeviceIndex")?,
+            network_card_index: node.member(path, "NetworkCardIndex")?,
+            status: node.member(path, "Status")?,
+        };
+        node.finish(path)?;
+        query::check_enum(
+            path,
+            "Status",
+            value.status.as_ref().map(|s| s.as_str()),
+            enums::AttachmentStatus,
+        )?;
+        Ok(value)
+    }
+}
+
+impl ToXml for InstanceSecondaryInterfaceAttachment {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.timestamp("attachTime", self.attach_time.as_ref(), "iso8601");
+        w.field("attachmentId", self.attachment_id.as_ref());
+        w.field("deleteOnTermination", self.delete_on_termination.as_ref());
+        w.field("deviceIndex", self.device_index.as_ref());
+        w.field("networkCardIndex", self.network_card_index.as_ref());
+        w.field("status", self.status.as_ref());
+    }
+}
+
+/// Shape `InstanceSecondaryInterfacePrivateIpAddress`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct InstanceSecondaryInterfacePrivateIpAddress {
+    /// Member `PrivateIpAddress`.
+    #[serde(
+        rename = "PrivateIpAddress",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub private_ip_address: ::std::option::Option<::std::string::String>,
+}
+
+impl FromQuery for InstanceSecondaryInterfacePrivateIpAddress {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            private_ip_address: node.member(path, "PrivateIpAddress")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for InstanceSecondaryInterfacePrivateIpAddress {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("privateIpAddress", self.private_ip_address.as_ref());
+    }
+}
+
+/// Shape `InstanceSecondaryInterfacePrivateIpAddressRequest`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct InstanceSecondaryInterfacePrivateIpAddressRequest {
+    /// Member `PrivateIpAddress`.
+    #[serde(rename = "PrivateIpAddress", default)]
+    pub private_ip_address: ::std::string::String,
+}
+
+impl FromQuery for InstanceSecondaryInterfacePrivateIpAddressRequest {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            private_ip_address: node.required(path, "PrivateIpAddress")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for InstanceSecondaryInterfacePrivateIpAddressRequest {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("PrivateIpAddress", Some(&self.private_ip_address));
+    }
+}
+
+/// Shape `InstanceSecondaryInterfaceSpecificationRequest`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct InstanceSecondaryInterfaceSpecificationRequest {
+    /// Member `DeleteOnTermination`.
+    #[serde(
+        rename = "DeleteOnTermination",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub delete_on_termination: ::std::option::Option<bool>,
+    /// Member `DeviceIndex`.
+    #[serde(
+        rename = "DeviceIndex",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub device_index: ::std::option::Option<i32>,
+    /// Member `InterfaceType`.
+    #[serde(
+        rename = "InterfaceType",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub interface_type: ::std::option::Option<::std::string::String>,
+    /// Member `NetworkCardIndex`.
+    #[serde(
+        rename = "NetworkCardIndex",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub network_card_index: ::std::option::Option<i32>,
+    /// Member `PrivateIpAddressCount`.
+    #[serde(
+        rename = "PrivateIpAddressCount",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub private_ip_address_count: ::std::option::Option<i32>,
+    /// Member `PrivateIpAddresses`.
+    #[serde(
+        rename = "PrivateIpAddresses",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub private_ip_addresses:
+        ::std::option::Option<::std::vec::Vec<InstanceSecondaryInterfacePrivateIpAddressRequest>>,
+    /// Member `SecondarySubnetId`.
+    #[serde(
+        rename = "SecondarySubnetId",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub secondary_subnet_id: ::std::option::Option<::std::string::String>,
+}
+
+impl FromQuery for InstanceSecondaryInterfaceSpecificationRequest {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            delete_on_termination: node.member(path, "DeleteOnTermination")?,
+            device_index: node.member(path, "DeviceIndex")?,
+            interface_type: node.member(path, "InterfaceType")?,
+            network_card_index: node.member(path, "NetworkCardIndex")?,
+            private_ip_address_count: node.member(path, "PrivateIpAddressCount")?,
+            private_ip_addresses: node.member(path, "PrivateIpAddress")?,
+            secondary_subnet_id: node.member(path, "SecondarySubnetId")?,
+        };
+        node.finish(path)?;
+        query::check_enum(
+            path,
+            "InterfaceType",
+            value.interface_type.as_ref().map(|s| s.as_str()),
+            enums::SecondaryInterfaceType,
+        )?;
+        Ok(value)
+    }
+}
+
+impl ToXml for InstanceSecondaryInterfaceSpecificationRequest {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("DeleteOnTermination", self.delete_on_termination.as_ref());
+        w.field("DeviceIndex", self.device_index.as_ref());
+        w.field("InterfaceType", self.interface_type.as_ref());
+        w.field("NetworkCardIndex", self.network_card_index.as_ref());
+        w.field(
+            "PrivateIpAddressCount",
+            self.private_ip_address_count.as_ref(),
+        );
+        w.list(
+            "PrivateIpAddress",
+            "item",
+            self.private_ip_addresses.as_ref(),
+        );
+        w.field("SecondarySubnetId", self.secondary_subnet_id.as_ref());
+    }
+}
+
+/// Shape `InstanceState`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct InstanceState {
+    /// Member `Code`.
+    #[serde(rename = "Code", default, skip_serializing_if = "Option::is_none")]
+    pub code: ::std::option::Option<i32>,
+    /// Member `Name`.
+    #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
+    pub name: ::std::option::Option<::std::string::String>,
+}
+
+impl FromQuery for InstanceState {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            code: node.member(path, "Code")?,
+            name: node.member(path, "Name")?,
+        };
+        node.finish(path)?;
+        query::check_enum(
+            path,
+            "Name",
+            value.name.as_ref().map(|s| s.as_str()),
+            enums::InstanceStateName,
+        )?;
+        Ok(value)
+    }
+}
+
+impl ToXml for InstanceState {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("code", self.code.as_ref());
+        w.field("name", self.name.as_ref());
+    }
+}
+
+/// Shape `InstanceStateChange`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct InstanceStateChange {
+    /// Member `CurrentState`.
+    #[serde(
+        rename = "CurrentState",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub current_state: ::std::option::Option<InstanceState>,
+    /// Member `InstanceId`.
+    #[serde(
+        rename = "InstanceId",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub instance_id: ::std::option::Option<::std::string::String>,
+    /// Member `PreviousState`.
+    #[serde(
+        rename = "PreviousState",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub previous_state: ::std::option::Option<InstanceState>,
+}
+
+impl FromQuery for InstanceStateChange {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            current_state: node.member(path, "CurrentState")?,
+            instance_id: node.member(path, "InstanceId")?,
+            previous_state: node.member(path, "PreviousState")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for InstanceStateChange {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("currentState", self.current_state.as_ref());
+        w.field("instanceId", self.instance_id.as_ref());
+        w.field("previousState", self.previous_state.as_ref());
+    }
+}
+
+/// Shape `InstanceStatus`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct InstanceStatus {
+    /// Member `AttachedEbsStatus`.
+    #[serde(
+        rename = "AttachedEbsStatus",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub attached_ebs_status: ::std::option::Option<EbsStatusSummary>,
+    /// Member `AvailabilityZone`.
+    #[serde(
+        rename = "AvailabilityZone",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub availability_zone: ::std::option::Option<::std::string::String>,
+    /// Member `AvailabilityZoneId`.
+    #[serde(
+        rename = "AvailabilityZoneId",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub availability_zone_id: ::std::option::Option<::std::string::String>,
+    /// Member `Events`.
+    #[serde(rename = "Events", default, skip_serializing_if = "Option::is_none")]
+    pub events: ::std::option::Option<::std::vec::Vec<InstanceStatusEvent>>,
+    /// Member `InstanceId`.
+    #[serde(
+        rename = "InstanceId",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub instance_id: ::std::option::Option<::std::string::String>,
+    /// Member `InstanceState`.
+    #[serde(
+        rename = "InstanceState",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub instance_state: ::std::option::Option<InstanceState>,
+    /// Member `InstanceStatus`.
+    #[serde(
+        rename = "InstanceStatus",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub instance_status: ::std::option::Option<InstanceStatusSummary>,
+    /// Member `Operator`.
+    #[serde(rename = "Operator", default, skip_serializing_if = "Option::is_none")]
+    pub operator: ::std::option::Option<OperatorResponse>,
+    /// Member `OutpostArn`.
+    #[serde(
+        rename = "OutpostArn",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub outpost_arn: ::std::option::Option<::std::string::String>,
+    /// Member `SystemStatus`.
+    #[serde(
+        rename = "SystemStatus",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub system_status: ::std::option::Option<InstanceStatusSummary>,
+}
+
+impl FromQuery for InstanceStatus {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            attached_ebs_status: node.member(path, "AttachedEbsStatus")?,
+            availability_zone: node.member(path, "AvailabilityZone")?,
+            availability_zone_id: node.member(path, "AvailabilityZoneId")?,
+            events: node.member(path, "EventsSet")?,
+            instance_id: node.member(path, "InstanceId")?,
+            instance_state: node.member(path, "InstanceState")?,
+            instance_status: node.member(path, "InstanceStatus")?,
+            operator: node.member(path, "Operator")?,
+            outpost_arn: node.member(path, "OutpostArn")?,
+            system_status: node.member(path, "SystemStatus")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for InstanceStatus {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("attachedEbsStatus", self.attached_ebs_status.as_ref());
+        w.field("availabilityZone", self.availability_zone.as_ref());
+        w.field("availabilityZoneId", self.availability_zone_id.as_ref());
+        w.list("eventsSet", "item", self.events.as_ref());
+        w.field("instanceId", self.instance_id.as_ref());
+        w.field("instanceState", self.instance_state.as_ref());
+        w.field("instanceStatus", self.instance_status.as_ref());
+        w.field("operator", self.operator.as_ref());
+        w.field("outpostArn", self.outpost_arn.as_ref());
+        w.field("systemStatus", self.system_status.as_ref());
+    }
+}
+
+/// Shape `InstanceStatusDetails`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct InstanceStatusDetails {
+    /// Member `ImpairedSince`.
+    #[serde(
+        rename = "ImpairedSince",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub impaired_since: ::std::option::Option<Timestamp>,
+    /// Member `Name`.
+    #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
+    pub name: ::std::option::Option<::std::string::String>,
+    /// Member `Status`.
+    #[serde(rename = "Status", default, skip_serializing_if = "Option::is_none")]
+    pub status: ::std::option::Option<::std::string::String>,
+}
+
+impl FromQuery for InstanceStatusDetails {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            impaired_since: node.member(path, "ImpairedSince")?,
+            name: node.member(path, "Name")?,
+            status: node.member(path, "Status")?,
+        };
+        node.finish(path)?;
+        query::check_enum(
+            path,
+            "Name",
+            value.name.as_ref().map(|s| s.as_str()),
+            enums::StatusName,
+        )?;
+        query::check_enum(
+            path,
+            "Status",
+            value.status.as_ref().map(|s| s.as_str()),
+            enums::StatusType,
+        )?;
+        Ok(value)
+    }
+}
+
+impl ToXml for InstanceStatusDetails {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.timestamp("impairedSince", self.impaired_since.as_ref(), "iso8601");
+        w.field("name", self.name.as_ref());
+        w.field("status", self.status.as_ref());
+    }
+}
+
+/// Shape `InstanceStatusEvent`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct InstanceStatusEvent {
+    /// Member `Code`.
+    #[serde(rename = "Code", default, skip_serializing_if = "Option::is_none")]
+    pub code: ::std::option::Option<::std::string::String>,
+    /// Member `Description`.
+    #[serde(
+        rename = "Description",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub description: ::std::option::Option<::std::string::String>,
+    /// Member `InstanceEventId`.
+    #[serde(
+        rename = "InstanceEventId",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub instance_event_id: ::std::option::Option<::std::string::String>,
+    /// Member `NotAfter`.
+    #[serde(rename = "NotAfter", default, skip_serializing_if = "Option::is_none")]
+    pub not_after: ::std::option::Option<Timestamp>,
+    /// Member `NotBefore`.
+    #[serde(rename = "NotBefore", default, skip_serializing_if = "Option::is_none")]
+    pub not_before: ::std::option::Option<Timestamp>,
+    /// Member `NotBeforeDeadline`.
+    #[serde(
+        rename = "NotBeforeDeadline",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub not_before_deadline: ::std::option::Option<Timestamp>,
+}
+
+impl FromQuery for InstanceStatusEvent {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            code: node.member(path, "Code")?,
+            description: node.member(path, "Description")?,
+            instance_event_id: node.member(path, "InstanceEventId")?,
+            not_after: node.member(path, "NotAfter")?,
+            not_before: node.member(path, "NotBefore")?,
+            not_before_deadline: node.member(path, "NotBeforeDeadline")?,
+        };
+        node.finish(path)?;
+        query::check_enum(
+            path,
+            "Code",
+            value.code.as_ref().map(|s| s.as_str()),
+            enums::EventCode,
+        )?;
+        Ok(value)
+    }
+}
+
+impl ToXml for InstanceStatusEvent {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("code", self.code.as_ref());
+        w.field("description", self.description.as_ref());
+        w.field("instanceEventId", self.instance_event_id.as_ref());
+        w.timestamp("notAfter", self.not_after.as_ref(), "iso8601");
+        w.timestamp("notBefore", self.not_before.as_ref(), "iso8601");
+        w.timestamp(
+            "notBeforeDeadline",
+            self.not_before_deadline.as_ref(),
+            "iso8601",
+        );
+    }
+}
+
+/// Shape `InstanceStatusSummary`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct InstanceStatusSummary {
+    /// Member `Details`.
+    #[serde(rename = "Details", default, skip_serializing_if = "Option::is_none")]
+    pub details: ::std::option::Option<::std::vec::Vec<InstanceStatusDetails>>,
+    /// Member `Status`.
+    #[serde(rename = "Status", default, skip_serializing_if = "Option::is_none")]
+    pub status: ::std::option::Option<::std::string::String>,
+}
+
+impl FromQuery for InstanceStatusSummary {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            details: node.member(path, "Details")?,
+            status: node.member(path, "Status")?,
+        };
+        node.finish(path)?;
+        query::check_enum(
+            path,
+            "Status",
+            value.status.as_ref().map(|s| s.as_str()),
+            enums::SummaryStatus,
+        )?;
+        Ok(value)
+    }
+}
+
+impl ToXml for InstanceStatusSummary {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.list("details", "item", self.details.as_ref());
+        w.field("status", self.status.as_ref());
     }
 }
 
@@ -6178,6 +11836,62 @@ impl ToXml for IpRange {
     }
 }
 
+/// Shape `Ipv4PrefixSpecificationRequest`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Ipv4PrefixSpecificationRequest {
+    /// Member `Ipv4Prefix`.
+    #[serde(
+        rename = "Ipv4Prefix",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ipv4_prefix: ::std::option::Option<::std::string::String>,
+}
+
+impl FromQuery for Ipv4PrefixSpecificationRequest {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            ipv4_prefix: node.member(path, "Ipv4Prefix")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for Ipv4PrefixSpecificationRequest {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("Ipv4Prefix", self.ipv4_prefix.as_ref());
+    }
+}
+
+/// Shape `Ipv6PrefixSpecificationRequest`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Ipv6PrefixSpecificationRequest {
+    /// Member `Ipv6Prefix`.
+    #[serde(
+        rename = "Ipv6Prefix",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ipv6_prefix: ::std::option::Option<::std::string::String>,
+}
+
+impl FromQuery for Ipv6PrefixSpecificationRequest {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            ipv6_prefix: node.member(path, "Ipv6Prefix")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for Ipv6PrefixSpecificationRequest {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("Ipv6Prefix", self.ipv6_prefix.as_ref());
+    }
+}
+
 /// Shape `Ipv6Range`.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Ipv6Range {
@@ -6331,6 +12045,195 @@ impl ToXml for KeyPairInfo {
     }
 }
 
+/// Shape `LaunchPermission`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LaunchPermission {
+    /// Member `Group`.
+    #[serde(rename = "Group", default, skip_serializing_if = "Option::is_none")]
+    pub group: ::std::option::Option<::std::string::String>,
+    /// Member `OrganizationArn`.
+    #[serde(
+        rename = "OrganizationArn",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub organization_arn: ::std::option::Option<::std::string::String>,
+    /// Member `OrganizationalUnitArn`.
+    #[serde(
+        rename = "OrganizationalUnitArn",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub organizational_unit_arn: ::std::option::Option<::std::string::String>,
+    /// Member `UserId`.
+    #[serde(rename = "UserId", default, skip_serializing_if = "Option::is_none")]
+    pub user_id: ::std::option::Option<::std::string::String>,
+}
+
+impl FromQuery for LaunchPermission {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            group: node.member(path, "Group")?,
+            organization_arn: node.member(path, "OrganizationArn")?,
+            organizational_unit_arn: node.member(path, "OrganizationalUnitArn")?,
+            user_id: node.member(path, "UserId")?,
+        };
+        node.finish(path)?;
+        query::check_enum(
+            path,
+            "Group",
+            value.group.as_ref().map(|s| s.as_str()),
+            enums::PermissionGroup,
+        )?;
+        Ok(value)
+    }
+}
+
+impl ToXml for LaunchPermission {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("group", self.group.as_ref());
+        w.field("organizationArn", self.organization_arn.as_ref());
+        w.field(
+            "organizationalUnitArn",
+            self.organizational_unit_arn.as_ref(),
+        );
+        w.field("userId", self.user_id.as_ref());
+    }
+}
+
+/// Shape `LaunchPermissionModifications`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LaunchPermissionModifications {
+    /// Member `Add`.
+    #[serde(rename = "Add", default, skip_serializing_if = "Option::is_none")]
+    pub add: ::std::option::Option<::std::vec::Vec<LaunchPermission>>,
+    /// Member `Remove`.
+    #[serde(rename = "Remove", default, skip_serializing_if = "Option::is_none")]
+    pub remove: ::std::option::Option<::std::vec::Vec<LaunchPermission>>,
+}
+
+impl FromQuery for LaunchPermissionModifications {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            add: node.member(path, "Add")?,
+            remove: node.member(path, "Remove")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for LaunchPermissionModifications {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.list("Add", "item", self.add.as_ref());
+        w.list("Remove", "item", self.remove.as_ref());
+    }
+}
+
+/// Shape `LaunchTemplateSpecification`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LaunchTemplateSpecification {
+    /// Member `LaunchTemplateId`.
+    #[serde(
+        rename = "LaunchTemplateId",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub launch_template_id: ::std::option::Option<::std::string::String>,
+    /// Member `LaunchTemplateName`.
+    #[serde(
+        rename = "LaunchTemplateName",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub launch_template_name: ::std::option::Option<::std::string::String>,
+    /// Member `Version`.
+    #[serde(rename = "Version", default, skip_serializing_if = "Option::is_none")]
+    pub version: ::std::option::Option<::std::string::String>,
+}
+
+impl FromQuery for LaunchTemplateSpecification {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            launch_template_id: node.member(path, "LaunchTemplateId")?,
+            launch_template_name: node.member(path, "LaunchTemplateName")?,
+            version: node.member(path, "Version")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for LaunchTemplateSpecification {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("LaunchTemplateId", self.launch_template_id.as_ref());
+        w.field("LaunchTemplateName", self.launch_template_name.as_ref());
+        w.field("Version", self.version.as_ref());
+    }
+}
+
+/// Shape `LicenseConfiguration`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LicenseConfiguration {
+    /// Member `LicenseConfigurationArn`.
+    #[serde(
+        rename = "LicenseConfigurationArn",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub license_configuration_arn: ::std::option::Option<::std::string::String>,
+}
+
+impl FromQuery for LicenseConfiguration {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            license_configuration_arn: node.member(path, "LicenseConfigurationArn")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for LicenseConfiguration {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field(
+            "licenseConfigurationArn",
+            self.license_configuration_arn.as_ref(),
+        );
+    }
+}
+
+/// Shape `LicenseConfigurationRequest`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LicenseConfigurationRequest {
+    /// Member `LicenseConfigurationArn`.
+    #[serde(
+        rename = "LicenseConfigurationArn",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub license_configuration_arn: ::std::option::Option<::std::string::String>,
+}
+
+impl FromQuery for LicenseConfigurationRequest {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            license_configuration_arn: node.member(path, "LicenseConfigurationArn")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for LicenseConfigurationRequest {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field(
+            "LicenseConfigurationArn",
+            self.license_configuration_arn.as_ref(),
+        );
+    }
+}
+
 /// Shape `MediaAcceleratorInfo`.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct MediaAcceleratorInfo {
@@ -6463,6 +12366,294 @@ impl FromQuery for MemoryInfo {
 impl ToXml for MemoryInfo {
     fn write_members(&self, w: &mut XmlWriter) {
         w.field("sizeInMiB", self.size_in_mi_b.as_ref());
+    }
+}
+
+/// Shape `ModifyImageAttributeRequest`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ModifyImageAttributeRequest {
+    /// Member `Attribute`.
+    #[serde(rename = "Attribute", default, skip_serializing_if = "Option::is_none")]
+    pub attribute: ::std::option::Option<::std::string::String>,
+    /// Member `Description`.
+    #[serde(
+        rename = "Description",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub description: ::std::option::Option<AttributeValue>,
+    /// Member `DryRun`.
+    #[serde(rename = "DryRun", default, skip_serializing_if = "Option::is_none")]
+    pub dry_run: ::std::option::Option<bool>,
+    /// Member `ImageId`.
+    #[serde(rename = "ImageId", default)]
+    pub image_id: ::std::string::String,
+    /// Member `ImdsSupport`.
+    #[serde(
+        rename = "ImdsSupport",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub imds_support: ::std::option::Option<AttributeValue>,
+    /// Member `LaunchPermission`.
+    #[serde(
+        rename = "LaunchPermission",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub launch_permission: ::std::option::Option<LaunchPermissionModifications>,
+    /// Member `OperationType`.
+    #[serde(
+        rename = "OperationType",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub operation_type: ::std::option::Option<::std::string::String>,
+    /// Member `OrganizationArns`.
+    #[serde(
+        rename = "OrganizationArns",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub organization_arns: ::std::option::Option<::std::vec::Vec<::std::string::String>>,
+    /// Member `OrganizationalUnitArns`.
+    #[serde(
+        rename = "OrganizationalUnitArns",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub organizational_unit_arns: ::std::option::Option<::std::vec::Vec<::std::string::String>>,
+    /// Member `ProductCodes`.
+    #[serde(
+        rename = "ProductCodes",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub product_codes: ::std::option::Option<::std::vec::Vec<::std::string::String>>,
+    /// Member `UserGroups`.
+    #[serde(
+        rename = "UserGroups",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub user_groups: ::std::option::Option<::std::vec::Vec<::std::string::String>>,
+    /// Member `UserIds`.
+    #[serde(rename = "UserIds", default, skip_serializing_if = "Option::is_none")]
+    pub user_ids: ::std::option::Option<::std::vec::Vec<::std::string::String>>,
+    /// Member `Value`.
+    #[serde(rename = "Value", default, skip_serializing_if = "Option::is_none")]
+    pub value: ::std::option::Option<::std::string::String>,
+}
+
+impl FromQuery for ModifyImageAttributeRequest {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            attribute: node.member(path, "Attribute")?,
+            description: node.member(path, "Description")?,
+            dry_run: node.member(path, "DryRun")?,
+            image_id: node.required(path, "ImageId")?,
+            imds_support: node.member(path, "ImdsSupport")?,
+            launch_permission: node.member(path, "LaunchPermission")?,
+            operation_type: node.member(path, "OperationType")?,
+            organization_arns: node.member(path, "OrganizationArn")?,
+            organizational_unit_arns: node.member(path, "OrganizationalUnitArn")?,
+            product_codes: node.member(path, "ProductCode")?,
+            user_groups: node.member(path, "UserGroup")?,
+            user_ids: node.member(path, "UserId")?,
+            value: node.member(path, "Value")?,
+        };
+        node.finish(path)?;
+        query::check_enum(
+            path,
+            "OperationType",
+            value.operation_type.as_ref().map(|s| s.as_str()),
+            enums::OperationType,
+        )?;
+        Ok(value)
+    }
+}
+
+impl ToXml for ModifyImageAttributeRequest {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("Attribute", self.attribute.as_ref());
+        w.field("Description", self.description.as_ref());
+        w.field("dryRun", self.dry_run.as_ref());
+        w.field("ImageId", Some(&self.image_id));
+        w.field("ImdsSupport", self.imds_support.as_ref());
+        w.field("LaunchPermission", self.launch_permission.as_ref());
+        w.field("OperationType", self.operation_type.as_ref());
+        w.list(
+            "OrganizationArn",
+            "OrganizationArn",
+            self.organization_arns.as_ref(),
+        );
+        w.list(
+            "OrganizationalUnitArn",
+            "OrganizationalUnitArn",
+            self.organizational_unit_arns.as_ref(),
+        );
+        w.list("ProductCode", "ProductCode", self.product_codes.as_ref());
+        w.list("UserGroup", "UserGroup", self.user_groups.as_ref());
+        w.list("UserId", "UserId", self.user_ids.as_ref());
+        w.field("Value", self.value.as_ref());
+    }
+}
+
+/// Shape `ModifyInstanceAttributeRequest`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ModifyInstanceAttributeRequest {
+    /// Member `Attribute`.
+    #[serde(rename = "Attribute", default, skip_serializing_if = "Option::is_none")]
+    pub attribute: ::std::option::Option<::std::string::String>,
+    /// Member `BlockDeviceMappings`.
+    #[serde(
+        rename = "BlockDeviceMappings",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub block_device_mappings:
+        ::std::option::Option<::std::vec::Vec<InstanceBlockDeviceMappingSpecification>>,
+    /// Member `DisableApiStop`.
+    #[serde(
+        rename = "DisableApiStop",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub disable_api_stop: ::std::option::Option<AttributeBooleanValue>,
+    /// Member `DisableApiTermination`.
+    #[serde(
+        rename = "DisableApiTermination",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub disable_api_termination: ::std::option::Option<AttributeBooleanValue>,
+    /// Member `DryRun`.
+    #[serde(rename = "DryRun", default, skip_serializing_if = "Option::is_none")]
+    pub dry_run: ::std::option::Option<bool>,
+    /// Member `EbsOptimized`.
+    #[serde(
+        rename = "EbsOptimized",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ebs_optimized: ::std::option::Option<AttributeBooleanValue>,
+    /// Member `EnaSupport`.
+    #[serde(
+        rename = "EnaSupport",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ena_support: ::std::option::Option<AttributeBooleanValue>,
+    /// Member `Groups`.
+    #[serde(rename = "Groups", default, skip_serializing_if = "Option::is_none")]
+    pub groups: ::std::option::Option<::std::vec::Vec<::std::string::String>>,
+    /// Member `InstanceId`.
+    #[serde(rename = "InstanceId", default)]
+    pub instance_id: ::std::string::String,
+    /// Member `InstanceInitiatedShutdownBehavior`.
+    #[serde(
+        rename = "InstanceInitiatedShutdownBehavior",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub instance_initiated_shutdown_behavior: ::std::option::Option<AttributeValue>,
+    /// Member `InstanceType`.
+    #[serde(
+        rename = "InstanceType",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub instance_type: ::std::option::Option<AttributeValue>,
+    /// Member `Kernel`.
+    #[serde(rename = "Kernel", default, skip_serializing_if = "Option::is_none")]
+    pub kernel: ::std::option::Option<AttributeValue>,
+    /// Member `Ramdisk`.
+    #[serde(rename = "Ramdisk", default, skip_serializing_if = "Option::is_none")]
+    pub ramdisk: ::std::option::Option<AttributeValue>,
+    /// Member `SourceDestCheck`.
+    #[serde(
+        rename = "SourceDestCheck",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub source_dest_check: ::std::option::Option<AttributeBooleanValue>,
+    /// Member `SriovNetSupport`.
+    #[serde(
+        rename = "SriovNetSupport",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub sriov_net_support: ::std::option::Option<AttributeValue>,
+    /// Member `UserData`.
+    #[serde(rename = "UserData", default, skip_serializing_if = "Option::is_none")]
+    pub user_data: ::std::option::Option<BlobAttributeValue>,
+    /// Member `Value`.
+    #[serde(rename = "Value", default, skip_serializing_if = "Option::is_none")]
+    pub value: ::std::option::Option<::std::string::String>,
+}
+
+impl FromQuery for ModifyInstanceAttributeRequest {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            attribute: node.member(path, "Attribute")?,
+            block_device_mappings: node.member(path, "BlockDeviceMapping")?,
+            disable_api_stop: node.member(path, "DisableApiStop")?,
+            disable_api_termination: node.member(path, "DisableApiTermination")?,
+            dry_run: node.member(path, "DryRun")?,
+            ebs_optimized: node.member(path, "EbsOptimized")?,
+            ena_support: node.member(path, "EnaSupport")?,
+            groups: node.member(path, "GroupId")?,
+            instance_id: node.required(path, "InstanceId")?,
+            instance_initiated_shutdown_behavior: node
+                .member(path, "InstanceInitiatedShutdownBehavior")?,
+            instance_type: node.member(path, "InstanceType")?,
+            kernel: node.member(path, "Kernel")?,
+            ramdisk: node.member(path, "Ramdisk")?,
+            source_dest_check: node.member(path, "SourceDestCheck")?,
+            sriov_net_support: node.member(path, "SriovNetSupport")?,
+            user_data: node.member(path, "UserData")?,
+            value: node.member(path, "Value")?,
+        };
+        node.finish(path)?;
+        query::check_enum(
+            path,
+            "Attribute",
+            value.attribute.as_ref().map(|s| s.as_str()),
+            enums::InstanceAttributeName,
+        )?;
+        Ok(value)
+    }
+}
+
+impl ToXml for ModifyInstanceAttributeRequest {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("attribute", self.attribute.as_ref());
+        w.list(
+            "blockDeviceMapping",
+            "item",
+            self.block_device_mappings.as_ref(),
+        );
+        w.field("DisableApiStop", self.disable_api_stop.as_ref());
+        w.field(
+            "disableApiTermination",
+            self.disable_api_termination.as_ref(),
+        );
+        w.field("dryRun", self.dry_run.as_ref());
+        w.field("ebsOptimized", self.ebs_optimized.as_ref());
+        w.field("enaSupport", self.ena_support.as_ref());
+        w.list("GroupId", "groupId", self.groups.as_ref());
+        w.field("instanceId", Some(&self.instance_id));
+        w.field(
+            "instanceInitiatedShutdownBehavior",
+            self.instance_initiated_shutdown_behavior.as_ref(),
+        );
+        w.field("instanceType", self.instance_type.as_ref());
+        w.field("kernel", self.kernel.as_ref());
+        w.field("ramdisk", self.ramdisk.as_ref());
+        w.field("SourceDestCheck", self.source_dest_check.as_ref());
+        w.field("sriovNetSupport", self.sriov_net_support.as_ref());
+        w.field("userData", self.user_data.as_ref());
+        w.field("value", self.value.as_ref());
     }
 }
 
@@ -6669,6 +12860,36 @@ impl ToXml for ModifyVpcAttributeRequest {
             self.enable_network_address_usage_metrics.as_ref(),
         );
         w.field("vpcId", Some(&self.vpc_id));
+    }
+}
+
+/// Shape `Monitoring`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Monitoring {
+    /// Member `State`.
+    #[serde(rename = "State", default, skip_serializing_if = "Option::is_none")]
+    pub state: ::std::option::Option<::std::string::String>,
+}
+
+impl FromQuery for Monitoring {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            state: node.member(path, "State")?,
+        };
+        node.finish(path)?;
+        query::check_enum(
+            path,
+            "State",
+            value.state.as_ref().map(|s| s.as_str()),
+            enums::MonitoringState,
+        )?;
+        Ok(value)
+    }
+}
+
+impl ToXml for Monitoring {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("state", self.state.as_ref());
     }
 }
 
@@ -7207,6 +13428,166 @@ impl ToXml for NitroTpmInfo {
     }
 }
 
+/// Shape `OperatorRequest`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct OperatorRequest {
+    /// Member `Principal`.
+    #[serde(rename = "Principal", default, skip_serializing_if = "Option::is_none")]
+    pub principal: ::std::option::Option<::std::string::String>,
+}
+
+impl FromQuery for OperatorRequest {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            principal: node.member(path, "Principal")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for OperatorRequest {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("Principal", self.principal.as_ref());
+    }
+}
+
+/// Shape `OperatorResponse`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct OperatorResponse {
+    /// Member `HiddenByDefault`.
+    #[serde(
+        rename = "HiddenByDefault",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub hidden_by_default: ::std::option::Option<bool>,
+    /// Member `Managed`.
+    #[serde(rename = "Managed", default, skip_serializing_if = "Option::is_none")]
+    pub managed: ::std::option::Option<bool>,
+    /// Member `Principal`.
+    #[serde(rename = "Principal", default, skip_serializing_if = "Option::is_none")]
+    pub principal: ::std::option::Option<::std::string::String>,
+}
+
+impl FromQuery for OperatorResponse {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            hidden_by_default: node.member(path, "HiddenByDefault")?,
+            managed: node.member(path, "Managed")?,
+            principal: node.member(path, "Principal")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for OperatorResponse {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("hiddenByDefault", self.hidden_by_default.as_ref());
+        w.field("managed", self.managed.as_ref());
+        w.field("principal", self.principal.as_ref());
+    }
+}
+
+/// Shape `Placement`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Placement {
+    /// Member `Affinity`.
+    #[serde(rename = "Affinity", default, skip_serializing_if = "Option::is_none")]
+    pub affinity: ::std::option::Option<::std::string::String>,
+    /// Member `AvailabilityZone`.
+    #[serde(
+        rename = "AvailabilityZone",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub availability_zone: ::std::option::Option<::std::string::String>,
+    /// Member `AvailabilityZoneId`.
+    #[serde(
+        rename = "AvailabilityZoneId",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub availability_zone_id: ::std::option::Option<::std::string::String>,
+    /// Member `GroupId`.
+    #[serde(rename = "GroupId", default, skip_serializing_if = "Option::is_none")]
+    pub group_id: ::std::option::Option<::std::string::String>,
+    /// Member `GroupName`.
+    #[serde(rename = "GroupName", default, skip_serializing_if = "Option::is_none")]
+    pub group_name: ::std::option::Option<::std::string::String>,
+    /// Member `HostId`.
+    #[serde(rename = "HostId", default, skip_serializing_if = "Option::is_none")]
+    pub host_id: ::std::option::Option<::std::string::String>,
+    /// Member `HostResourceGroupArn`.
+    #[serde(
+        rename = "HostResourceGroupArn",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub host_resource_group_arn: ::std::option::Option<::std::string::String>,
+    /// Member `PartitionNumber`.
+    #[serde(
+        rename = "PartitionNumber",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub partition_number: ::std::option::Option<i32>,
+    /// Member `SpreadDomain`.
+    #[serde(
+        rename = "SpreadDomain",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub spread_domain: ::std::option::Option<::std::string::String>,
+    /// Member `Tenancy`.
+    #[serde(rename = "Tenancy", default, skip_serializing_if = "Option::is_none")]
+    pub tenancy: ::std::option::Option<::std::string::String>,
+}
+
+impl FromQuery for Placement {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            affinity: node.member(path, "Affinity")?,
+            availability_zone: node.member(path, "AvailabilityZone")?,
+            availability_zone_id: node.member(path, "AvailabilityZoneId")?,
+            group_id: node.member(path, "GroupId")?,
+            group_name: node.member(path, "GroupName")?,
+            host_id: node.member(path, "HostId")?,
+            host_resource_group_arn: node.member(path, "HostResourceGroupArn")?,
+            partition_number: node.member(path, "PartitionNumber")?,
+            spread_domain: node.member(path, "SpreadDomain")?,
+            tenancy: node.member(path, "Tenancy")?,
+        };
+        node.finish(path)?;
+        query::check_enum(
+            path,
+            "Tenancy",
+            value.tenancy.as_ref().map(|s| s.as_str()),
+            enums::Tenancy,
+        )?;
+        Ok(value)
+    }
+}
+
+impl ToXml for Placement {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("affinity", self.affinity.as_ref());
+        w.field("availabilityZone", self.availability_zone.as_ref());
+        w.field("availabilityZoneId", self.availability_zone_id.as_ref());
+        w.field("groupId", self.group_id.as_ref());
+        w.field("groupName", self.group_name.as_ref());
+        w.field("hostId", self.host_id.as_ref());
+        w.field(
+            "hostResourceGroupArn",
+            self.host_resource_group_arn.as_ref(),
+        );
+        w.field("partitionNumber", self.partition_number.as_ref());
+        w.field("spreadDomain", self.spread_domain.as_ref());
+        w.field("tenancy", self.tenancy.as_ref());
+    }
+}
+
 /// Shape `PlacementGroupInfo`.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct PlacementGroupInfo {
@@ -7341,6 +13722,157 @@ impl ToXml for PrivateDnsNameOptionsOnLaunch {
     }
 }
 
+/// Shape `PrivateDnsNameOptionsRequest`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PrivateDnsNameOptionsRequest {
+    /// Member `EnableResourceNameDnsAAAARecord`.
+    #[serde(
+        rename = "EnableResourceNameDnsAAAARecord",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub enable_resource_name_dns_aaaa_record: ::std::option::Option<bool>,
+    /// Member `EnableResourceNameDnsARecord`.
+    #[serde(
+        rename = "EnableResourceNameDnsARecord",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub enable_resource_name_dns_a_record: ::std::option::Option<bool>,
+    /// Member `HostnameType`.
+    #[serde(
+        rename = "HostnameType",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub hostname_type: ::std::option::Option<::std::string::String>,
+}
+
+impl FromQuery for PrivateDnsNameOptionsRequest {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            enable_resource_name_dns_aaaa_record: node
+                .member(path, "EnableResourceNameDnsAAAARecord")?,
+            enable_resource_name_dns_a_record: node.member(path, "EnableResourceNameDnsARecord")?,
+            hostname_type: node.member(path, "HostnameType")?,
+        };
+        node.finish(path)?;
+        query::check_enum(
+            path,
+            "HostnameType",
+            value.hostname_type.as_ref().map(|s| s.as_str()),
+            enums::HostnameType,
+        )?;
+        Ok(value)
+    }
+}
+
+impl ToXml for PrivateDnsNameOptionsRequest {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field(
+            "EnableResourceNameDnsAAAARecord",
+            self.enable_resource_name_dns_aaaa_record.as_ref(),
+        );
+        w.field(
+            "EnableResourceNameDnsARecord",
+            self.enable_resource_name_dns_a_record.as_ref(),
+        );
+        w.field("HostnameType", self.hostname_type.as_ref());
+    }
+}
+
+/// Shape `PrivateDnsNameOptionsResponse`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PrivateDnsNameOptionsResponse {
+    /// Member `EnableResourceNameDnsAAAARecord`.
+    #[serde(
+        rename = "EnableResourceNameDnsAAAARecord",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub enable_resource_name_dns_aaaa_record: ::std::option::Option<bool>,
+    /// Member `EnableResourceNameDnsARecord`.
+    #[serde(
+        rename = "EnableResourceNameDnsARecord",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub enable_resource_name_dns_a_record: ::std::option::Option<bool>,
+    /// Member `HostnameType`.
+    #[serde(
+        rename = "HostnameType",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub hostname_type: ::std::option::Option<::std::string::String>,
+}
+
+impl FromQuery for PrivateDnsNameOptionsResponse {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            enable_resource_name_dns_aaaa_record: node
+                .member(path, "EnableResourceNameDnsAAAARecord")?,
+            enable_resource_name_dns_a_record: node.member(path, "EnableResourceNameDnsARecord")?,
+            hostname_type: node.member(path, "HostnameType")?,
+        };
+        node.finish(path)?;
+        query::check_enum(
+            path,
+            "HostnameType",
+            value.hostname_type.as_ref().map(|s| s.as_str()),
+            enums::HostnameType,
+        )?;
+        Ok(value)
+    }
+}
+
+impl ToXml for PrivateDnsNameOptionsResponse {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field(
+            "enableResourceNameDnsAAAARecord",
+            self.enable_resource_name_dns_aaaa_record.as_ref(),
+        );
+        w.field(
+            "enableResourceNameDnsARecord",
+            self.enable_resource_name_dns_a_record.as_ref(),
+        );
+        w.field("hostnameType", self.hostname_type.as_ref());
+    }
+}
+
+/// Shape `PrivateIpAddressSpecification`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PrivateIpAddressSpecification {
+    /// Member `Primary`.
+    #[serde(rename = "Primary", default, skip_serializing_if = "Option::is_none")]
+    pub primary: ::std::option::Option<bool>,
+    /// Member `PrivateIpAddress`.
+    #[serde(
+        rename = "PrivateIpAddress",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub private_ip_address: ::std::option::Option<::std::string::String>,
+}
+
+impl FromQuery for PrivateIpAddressSpecification {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            primary: node.member(path, "Primary")?,
+            private_ip_address: node.member(path, "PrivateIpAddress")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for PrivateIpAddressSpecification {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("primary", self.primary.as_ref());
+        w.field("privateIpAddress", self.private_ip_address.as_ref());
+    }
+}
+
 /// Shape `ProcessorInfo`.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ProcessorInfo {
@@ -7419,6 +13951,49 @@ impl ToXml for ProcessorInfo {
     }
 }
 
+/// Shape `ProductCode`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ProductCode {
+    /// Member `ProductCodeId`.
+    #[serde(
+        rename = "ProductCodeId",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub product_code_id: ::std::option::Option<::std::string::String>,
+    /// Member `ProductCodeType`.
+    #[serde(
+        rename = "ProductCodeType",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub product_code_type: ::std::option::Option<::std::string::String>,
+}
+
+impl FromQuery for ProductCode {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            product_code_id: node.member(path, "ProductCode")?,
+            product_code_type: node.member(path, "Type")?,
+        };
+        node.finish(path)?;
+        query::check_enum(
+            path,
+            "Type",
+            value.product_code_type.as_ref().map(|s| s.as_str()),
+            enums::ProductCodeValues,
+        )?;
+        Ok(value)
+    }
+}
+
+impl ToXml for ProductCode {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("productCode", self.product_code_id.as_ref());
+        w.field("type", self.product_code_type.as_ref());
+    }
+}
+
 /// Shape `PropagatingVgw`.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct PropagatingVgw {
@@ -7440,6 +14015,35 @@ impl FromQuery for PropagatingVgw {
 impl ToXml for PropagatingVgw {
     fn write_members(&self, w: &mut XmlWriter) {
         w.field("gatewayId", self.gateway_id.as_ref());
+    }
+}
+
+/// Shape `RebootInstancesRequest`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RebootInstancesRequest {
+    /// Member `DryRun`.
+    #[serde(rename = "DryRun", default, skip_serializing_if = "Option::is_none")]
+    pub dry_run: ::std::option::Option<bool>,
+    /// Member `InstanceIds`.
+    #[serde(rename = "InstanceIds", default)]
+    pub instance_ids: ::std::vec::Vec<::std::string::String>,
+}
+
+impl FromQuery for RebootInstancesRequest {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            dry_run: node.member(path, "DryRun")?,
+            instance_ids: node.required(path, "InstanceId")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for RebootInstancesRequest {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("dryRun", self.dry_run.as_ref());
+        w.list("InstanceId", "InstanceId", Some(&self.instance_ids));
     }
 }
 
@@ -7566,6 +14170,215 @@ impl FromQuery for RegionGeography {
 impl ToXml for RegionGeography {
     fn write_members(&self, w: &mut XmlWriter) {
         w.field("name", self.name.as_ref());
+    }
+}
+
+/// Shape `RegisterImageRequest`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RegisterImageRequest {
+    /// Member `Architecture`.
+    #[serde(
+        rename = "Architecture",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub architecture: ::std::option::Option<::std::string::String>,
+    /// Member `BillingProducts`.
+    #[serde(
+        rename = "BillingProducts",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub billing_products: ::std::option::Option<::std::vec::Vec<::std::string::String>>,
+    /// Member `BlockDeviceMappings`.
+    #[serde(
+        rename = "BlockDeviceMappings",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub block_device_mappings: ::std::option::Option<::std::vec::Vec<BlockDeviceMapping>>,
+    /// Member `BootMode`.
+    #[serde(rename = "BootMode", default, skip_serializing_if = "Option::is_none")]
+    pub boot_mode: ::std::option::Option<::std::string::String>,
+    /// Member `Description`.
+    #[serde(
+        rename = "Description",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub description: ::std::option::Option<::std::string::String>,
+    /// Member `DryRun`.
+    #[serde(rename = "DryRun", default, skip_serializing_if = "Option::is_none")]
+    pub dry_run: ::std::option::Option<bool>,
+    /// Member `EnaSupport`.
+    #[serde(
+        rename = "EnaSupport",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ena_support: ::std::option::Option<bool>,
+    /// Member `ImageLocation`.
+    #[serde(
+        rename = "ImageLocation",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub image_location: ::std::option::Option<::std::string::String>,
+    /// Member `ImdsSupport`.
+    #[serde(
+        rename = "ImdsSupport",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub imds_support: ::std::option::Option<::std::string::String>,
+    /// Member `KernelId`.
+    #[serde(rename = "KernelId", default, skip_serializing_if = "Option::is_none")]
+    pub kernel_id: ::std::option::Option<::std::string::String>,
+    /// Member `Name`.
+    #[serde(rename = "Name", default)]
+    pub name: ::std::string::String,
+    /// Member `RamdiskId`.
+    #[serde(rename = "RamdiskId", default, skip_serializing_if = "Option::is_none")]
+    pub ramdisk_id: ::std::option::Option<::std::string::String>,
+    /// Member `RootDeviceName`.
+    #[serde(
+        rename = "RootDeviceName",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub root_device_name: ::std::option::Option<::std::string::String>,
+    /// Member `SriovNetSupport`.
+    #[serde(
+        rename = "SriovNetSupport",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub sriov_net_support: ::std::option::Option<::std::string::String>,
+    /// Member `TagSpecifications`.
+    #[serde(
+        rename = "TagSpecifications",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub tag_specifications: ::std::option::Option<::std::vec::Vec<TagSpecification>>,
+    /// Member `TpmSupport`.
+    #[serde(
+        rename = "TpmSupport",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub tpm_support: ::std::option::Option<::std::string::String>,
+    /// Member `UefiData`.
+    #[serde(rename = "UefiData", default, skip_serializing_if = "Option::is_none")]
+    pub uefi_data: ::std::option::Option<::std::string::String>,
+    /// Member `VirtualizationType`.
+    #[serde(
+        rename = "VirtualizationType",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub virtualization_type: ::std::option::Option<::std::string::String>,
+}
+
+impl FromQuery for RegisterImageRequest {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            architecture: node.member(path, "Architecture")?,
+            billing_products: node.member(path, "BillingProduct")?,
+            block_device_mappings: node.member(path, "BlockDeviceMapping")?,
+            boot_mode: node.member(path, "BootMode")?,
+            description: node.member(path, "Description")?,
+            dry_run: node.member(path, "DryRun")?,
+            ena_support: node.member(path, "EnaSupport")?,
+            image_location: node.member(path, "ImageLocation")?,
+            imds_support: node.member(path, "ImdsSupport")?,
+            kernel_id: node.member(path, "KernelId")?,
+            name: node.required(path, "Name")?,
+            ramdisk_id: node.member(path, "RamdiskId")?,
+            root_device_name: node.member(path, "RootDeviceName")?,
+            sriov_net_support: node.member(path, "SriovNetSupport")?,
+            tag_specifications: node.member(path, "TagSpecification")?,
+            tpm_support: node.member(path, "TpmSupport")?,
+            uefi_data: node.member(path, "UefiData")?,
+            virtualization_type: node.member(path, "VirtualizationType")?,
+        };
+        node.finish(path)?;
+        query::check_enum(
+            path,
+            "Architecture",
+            value.architecture.as_ref().map(|s| s.as_str()),
+            enums::ArchitectureValues,
+        )?;
+        query::check_enum(
+            path,
+            "BootMode",
+            value.boot_mode.as_ref().map(|s| s.as_str()),
+            enums::BootModeValues,
+        )?;
+        query::check_enum(
+            path,
+            "ImdsSupport",
+            value.imds_support.as_ref().map(|s| s.as_str()),
+            enums::ImdsSupportValues,
+        )?;
+        query::check_enum(
+            path,
+            "TpmSupport",
+            value.tpm_support.as_ref().map(|s| s.as_str()),
+            enums::TpmSupportValues,
+        )?;
+        Ok(value)
+    }
+}
+
+impl ToXml for RegisterImageRequest {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("architecture", self.architecture.as_ref());
+        w.list("BillingProduct", "item", self.billing_products.as_ref());
+        w.list(
+            "BlockDeviceMapping",
+            "BlockDeviceMapping",
+            self.block_device_mappings.as_ref(),
+        );
+        w.field("BootMode", self.boot_mode.as_ref());
+        w.field("description", self.description.as_ref());
+        w.field("dryRun", self.dry_run.as_ref());
+        w.field("enaSupport", self.ena_support.as_ref());
+        w.field("ImageLocation", self.image_location.as_ref());
+        w.field("ImdsSupport", self.imds_support.as_ref());
+        w.field("kernelId", self.kernel_id.as_ref());
+        w.field("name", Some(&self.name));
+        w.field("ramdiskId", self.ramdisk_id.as_ref());
+        w.field("rootDeviceName", self.root_device_name.as_ref());
+        w.field("sriovNetSupport", self.sriov_net_support.as_ref());
+        w.list("TagSpecification", "item", self.tag_specifications.as_ref());
+        w.field("TpmSupport", self.tpm_support.as_ref());
+        w.field("UefiData", self.uefi_data.as_ref());
+        w.field("virtualizationType", self.virtualization_type.as_ref());
+    }
+}
+
+/// Shape `RegisterImageResult`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RegisterImageResult {
+    /// Member `ImageId`.
+    #[serde(rename = "ImageId", default, skip_serializing_if = "Option::is_none")]
+    pub image_id: ::std::option::Option<::std::string::String>,
+}
+
+impl FromQuery for RegisterImageResult {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            image_id: node.member(path, "ImageId")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for RegisterImageResult {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("imageId", self.image_id.as_ref());
     }
 }
 
@@ -7818,6 +14631,58 @@ impl ToXml for ReplaceRouteTableAssociationResult {
     fn write_members(&self, w: &mut XmlWriter) {
         w.field("associationState", self.association_state.as_ref());
         w.field("newAssociationId", self.new_association_id.as_ref());
+    }
+}
+
+/// Shape `Reservation`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Reservation {
+    /// Member `Groups`.
+    #[serde(rename = "Groups", default, skip_serializing_if = "Option::is_none")]
+    pub groups: ::std::option::Option<::std::vec::Vec<GroupIdentifier>>,
+    /// Member `Instances`.
+    #[serde(rename = "Instances", default, skip_serializing_if = "Option::is_none")]
+    pub instances: ::std::option::Option<::std::vec::Vec<Instance>>,
+    /// Member `OwnerId`.
+    #[serde(rename = "OwnerId", default, skip_serializing_if = "Option::is_none")]
+    pub owner_id: ::std::option::Option<::std::string::String>,
+    /// Member `RequesterId`.
+    #[serde(
+        rename = "RequesterId",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub requester_id: ::std::option::Option<::std::string::String>,
+    /// Member `ReservationId`.
+    #[serde(
+        rename = "ReservationId",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub reservation_id: ::std::option::Option<::std::string::String>,
+}
+
+impl FromQuery for Reservation {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            groups: node.member(path, "GroupSet")?,
+            instances: node.member(path, "InstancesSet")?,
+            owner_id: node.member(path, "OwnerId")?,
+            requester_id: node.member(path, "RequesterId")?,
+            reservation_id: node.member(path, "ReservationId")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for Reservation {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.list("groupSet", "item", self.groups.as_ref());
+        w.list("instancesSet", "item", self.instances.as_ref());
+        w.field("ownerId", self.owner_id.as_ref());
+        w.field("requesterId", self.requester_id.as_ref());
+        w.field("reservationId", self.reservation_id.as_ref());
     }
 }
 
@@ -8587,6 +15452,462 @@ impl ToXml for RouteTableAssociationState {
     }
 }
 
+/// Shape `RunInstancesMonitoringEnabled`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RunInstancesMonitoringEnabled {
+    /// Member `Enabled`.
+    #[serde(rename = "Enabled", default)]
+    pub enabled: bool,
+}
+
+impl FromQuery for RunInstancesMonitoringEnabled {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            enabled: node.required(path, "Enabled")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for RunInstancesMonitoringEnabled {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("enabled", Some(&self.enabled));
+    }
+}
+
+/// Shape `RunInstancesRequest`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RunInstancesRequest {
+    /// Member `AdditionalInfo`.
+    #[serde(
+        rename = "AdditionalInfo",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub additional_info: ::std::option::Option<::std::string::String>,
+    /// Member `BlockDeviceMappings`.
+    #[serde(
+        rename = "BlockDeviceMappings",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub block_device_mappings: ::std::option::Option<::std::vec::Vec<BlockDeviceMapping>>,
+    /// Member `CapacityReservationSpecification`.
+    #[serde(
+        rename = "CapacityReservationSpecification",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub capacity_reservation_specification: ::std::option::Option<CapacityReservationSpecification>,
+    /// Member `ClientToken`.
+    #[serde(
+        rename = "ClientToken",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub client_token: ::std::option::Option<::std::string::String>,
+    /// Member `CpuOptions`.
+    #[serde(
+        rename = "CpuOptions",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub cpu_options: ::std::option::Option<CpuOptionsRequest>,
+    /// Member `CreditSpecification`.
+    #[serde(
+        rename = "CreditSpecification",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub credit_specification: ::std::option::Option<CreditSpecificationRequest>,
+    /// Member `DisableApiStop`.
+    #[serde(
+        rename = "DisableApiStop",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub disable_api_stop: ::std::option::Option<bool>,
+    /// Member `DisableApiTermination`.
+    #[serde(
+        rename = "DisableApiTermination",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub disable_api_termination: ::std::option::Option<bool>,
+    /// Member `DryRun`.
+    #[serde(rename = "DryRun", default, skip_serializing_if = "Option::is_none")]
+    pub dry_run: ::std::option::Option<bool>,
+    /// Member `EbsOptimized`.
+    #[serde(
+        rename = "EbsOptimized",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ebs_optimized: ::std::option::Option<bool>,
+    /// Member `ElasticGpuSpecification`.
+    #[serde(
+        rename = "ElasticGpuSpecification",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub elastic_gpu_specification: ::std::option::Option<::std::vec::Vec<ElasticGpuSpecification>>,
+    /// Member `ElasticInferenceAccelerators`.
+    #[serde(
+        rename = "ElasticInferenceAccelerators",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub elastic_inference_accelerators:
+        ::std::option::Option<::std::vec::Vec<ElasticInferenceAccelerator>>,
+    /// Member `EnablePrimaryIpv6`.
+    #[serde(
+        rename = "EnablePrimaryIpv6",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub enable_primary_ipv6: ::std::option::Option<bool>,
+    /// Member `EnclaveOptions`.
+    #[serde(
+        rename = "EnclaveOptions",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub enclave_options: ::std::option::Option<EnclaveOptionsRequest>,
+    /// Member `HibernationOptions`.
+    #[serde(
+        rename = "HibernationOptions",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub hibernation_options: ::std::option::Option<HibernationOptionsRequest>,
+    /// Member `IamInstanceProfile`.
+    #[serde(
+        rename = "IamInstanceProfile",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub iam_instance_profile: ::std::option::Option<IamInstanceProfileSpecification>,
+    /// Member `ImageId`.
+    #[serde(rename = "ImageId", default, skip_serializing_if = "Option::is_none")]
+    pub image_id: ::std::option::Option<::std::string::String>,
+    /// Member `InstanceInitiatedShutdownBehavior`.
+    #[serde(
+        rename = "InstanceInitiatedShutdownBehavior",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub instance_initiated_shutdown_behavior: ::std::option::Option<::std::string::String>,
+    /// Member `InstanceMarketOptions`.
+    #[serde(
+        rename = "InstanceMarketOptions",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub instance_market_options: ::std::option::Option<InstanceMarketOptionsRequest>,
+    /// Member `InstanceType`.
+    #[serde(
+        rename = "InstanceType",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub instance_type: ::std::option::Option<::std::string::String>,
+    /// Member `Ipv6AddressCount`.
+    #[serde(
+        rename = "Ipv6AddressCount",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ipv6_address_count: ::std::option::Option<i32>,
+    /// Member `Ipv6Addresses`.
+    #[serde(
+        rename = "Ipv6Addresses",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ipv6_addresses: ::std::option::Option<::std::vec::Vec<InstanceIpv6Address>>,
+    /// Member `KernelId`.
+    #[serde(rename = "KernelId", default, skip_serializing_if = "Option::is_none")]
+    pub kernel_id: ::std::option::Option<::std::string::String>,
+    /// Member `KeyName`.
+    #[serde(rename = "KeyName", default, skip_serializing_if = "Option::is_none")]
+    pub key_name: ::std::option::Option<::std::string::String>,
+    /// Member `LaunchTemplate`.
+    #[serde(
+        rename = "LaunchTemplate",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub launch_template: ::std::option::Option<LaunchTemplateSpecification>,
+    /// Member `LicenseSpecifications`.
+    #[serde(
+        rename = "LicenseSpecifications",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub license_specifications: ::std::option::Option<::std::vec::Vec<LicenseConfigurationRequest>>,
+    /// Member `MaintenanceOptions`.
+    #[serde(
+        rename = "MaintenanceOptions",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub maintenance_options: ::std::option::Option<InstanceMaintenanceOptionsRequest>,
+    /// Member `MaxCount`.
+    #[serde(rename = "MaxCount", default)]
+    pub max_count: i32,
+    /// Member `MetadataOptions`.
+    #[serde(
+        rename = "MetadataOptions",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub metadata_options: ::std::option::Option<InstanceMetadataOptionsRequest>,
+    /// Member `MinCount`.
+    #[serde(rename = "MinCount", default)]
+    pub min_count: i32,
+    /// Member `Monitoring`.
+    #[serde(
+        rename = "Monitoring",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub monitoring: ::std::option::Option<RunInstancesMonitoringEnabled>,
+    /// Member `NetworkInterfaces`.
+    #[serde(
+        rename = "NetworkInterfaces",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub network_interfaces:
+        ::std::option::Option<::std::vec::Vec<InstanceNetworkInterfaceSpecification>>,
+    /// Member `NetworkPerformanceOptions`.
+    #[serde(
+        rename = "NetworkPerformanceOptions",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub network_performance_options:
+        ::std::option::Option<InstanceNetworkPerformanceOptionsRequest>,
+    /// Member `Operator`.
+    #[serde(rename = "Operator", default, skip_serializing_if = "Option::is_none")]
+    pub operator: ::std::option::Option<OperatorRequest>,
+    /// Member `Placement`.
+    #[serde(rename = "Placement", default, skip_serializing_if = "Option::is_none")]
+    pub placement: ::std::option::Option<Placement>,
+    /// Member `PrivateDnsNameOptions`.
+    #[serde(
+        rename = "PrivateDnsNameOptions",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub private_dns_name_options: ::std::option::Option<PrivateDnsNameOptionsRequest>,
+    /// Member `PrivateIpAddress`.
+    #[serde(
+        rename = "PrivateIpAddress",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub private_ip_address: ::std::option::Option<::std::string::String>,
+    /// Member `RamdiskId`.
+    #[serde(rename = "RamdiskId", default, skip_serializing_if = "Option::is_none")]
+    pub ramdisk_id: ::std::option::Option<::std::string::String>,
+    /// Member `SecondaryInterfaces`.
+    #[serde(
+        rename = "SecondaryInterfaces",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub secondary_interfaces:
+        ::std::option::Option<::std::vec::Vec<InstanceSecondaryInterfaceSpecificationRequest>>,
+    /// Member `SecurityGroupIds`.
+    #[serde(
+        rename = "SecurityGroupIds",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub security_group_ids: ::std::option::Option<::std::vec::Vec<::std::string::String>>,
+    /// Member `SecurityGroups`.
+    #[serde(
+        rename = "SecurityGroups",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub security_groups: ::std::option::Option<::std::vec::Vec<::std::string::String>>,
+    /// Member `SubnetId`.
+    #[serde(rename = "SubnetId", default, skip_serializing_if = "Option::is_none")]
+    pub subnet_id: ::std::option::Option<::std::string::String>,
+    /// Member `TagSpecifications`.
+    #[serde(
+        rename = "TagSpecifications",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub tag_specifications: ::std::option::Option<::std::vec::Vec<TagSpecification>>,
+    /// Member `UserData`.
+    #[serde(rename = "UserData", default, skip_serializing_if = "Option::is_none")]
+    pub user_data: ::std::option::Option<::std::string::String>,
+}
+
+impl FromQuery for RunInstancesRequest {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            additional_info: node.member(path, "AdditionalInfo")?,
+            block_device_mappings: node.member(path, "BlockDeviceMapping")?,
+            capacity_reservation_specification: node
+                .member(path, "CapacityReservationSpecification")?,
+            client_token: node.member(path, "ClientToken")?,
+            cpu_options: node.member(path, "CpuOptions")?,
+            credit_specification: node.member(path, "CreditSpecification")?,
+            disable_api_stop: node.member(path, "DisableApiStop")?,
+            disable_api_termination: node.member(path, "DisableApiTermination")?,
+            dry_run: node.member(path, "DryRun")?,
+            ebs_optimized: node.member(path, "EbsOptimized")?,
+            elastic_gpu_specification: node.member(path, "ElasticGpuSpecification")?,
+            elastic_inference_accelerators: node.member(path, "ElasticInferenceAccelerator")?,
+            enable_primary_ipv6: node.member(path, "EnablePrimaryIpv6")?,
+            enclave_options: node.member(path, "EnclaveOptions")?,
+            hibernation_options: node.member(path, "HibernationOptions")?,
+            iam_instance_profile: node.member(path, "IamInstanceProfile")?,
+            image_id: node.member(path, "ImageId")?,
+            instance_initiated_shutdown_behavior: node
+                .member(path, "InstanceInitiatedShutdownBehavior")?,
+            instance_market_options: node.member(path, "InstanceMarketOptions")?,
+            instance_type: node.member(path, "InstanceType")?,
+            ipv6_address_count: node.member(path, "Ipv6AddressCount")?,
+            ipv6_addresses: node.member(path, "Ipv6Address")?,
+            kernel_id: node.member(path, "KernelId")?,
+            key_name: node.member(path, "KeyName")?,
+            launch_template: node.member(path, "LaunchTemplate")?,
+            license_specifications: node.member(path, "LicenseSpecification")?,
+            maintenance_options: node.member(path, "MaintenanceOptions")?,
+            max_count: node.required(path, "MaxCount")?,
+            metadata_options: node.member(path, "MetadataOptions")?,
+            min_count: node.required(path, "MinCount")?,
+            monitoring: node.member(path, "Monitoring")?,
+            network_interfaces: node.member(path, "NetworkInterface")?,
+            network_performance_options: node.member(path, "NetworkPerformanceOptions")?,
+            operator: node.member(path, "Operator")?,
+            placement: node.member(path, "Placement")?,
+            private_dns_name_options: node.member(path, "PrivateDnsNameOptions")?,
+            private_ip_address: node.member(path, "PrivateIpAddress")?,
+            ramdisk_id: node.member(path, "RamdiskId")?,
+            secondary_interfaces: node.member(path, "SecondaryInterface")?,
+            security_group_ids: node.member(path, "SecurityGroupId")?,
+            security_groups: node.member(path, "SecurityGroup")?,
+            subnet_id: node.member(path, "SubnetId")?,
+            tag_specifications: node.member(path, "TagSpecification")?,
+            user_data: node.member(path, "UserData")?,
+        };
+        node.finish(path)?;
+        query::check_enum(
+            path,
+            "InstanceInitiatedShutdownBehavior",
+            value
+                .instance_initiated_shutdown_behavior
+                .as_ref()
+                .map(|s| s.as_str()),
+            enums::ShutdownBehavior,
+        )?;
+        Ok(value)
+    }
+}
+
+impl ToXml for RunInstancesRequest {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("additionalInfo", self.additional_info.as_ref());
+        w.list(
+            "BlockDeviceMapping",
+            "BlockDeviceMapping",
+            self.block_device_mappings.as_ref(),
+        );
+        w.field(
+            "CapacityReservationSpecification",
+            self.capacity_reservation_specification.as_ref(),
+        );
+        w.field("clientToken", self.client_token.as_ref());
+        w.field("CpuOptions", self.cpu_options.as_ref());
+        w.field("CreditSpecification", self.credit_specification.as_ref());
+        w.field("DisableApiStop", self.disable_api_stop.as_ref());
+        w.field(
+            "disableApiTermination",
+            self.disable_api_termination.as_ref(),
+        );
+        w.field("dryRun", self.dry_run.as_ref());
+        w.field("ebsOptimized", self.ebs_optimized.as_ref());
+        w.list(
+            "ElasticGpuSpecification",
+            "item",
+            self.elastic_gpu_specification.as_ref(),
+        );
+        w.list(
+            "ElasticInferenceAccelerator",
+            "item",
+            self.elastic_inference_accelerators.as_ref(),
+        );
+        w.field("EnablePrimaryIpv6", self.enable_primary_ipv6.as_ref());
+        w.field("EnclaveOptions", self.enclave_options.as_ref());
+        w.field("HibernationOptions", self.hibernation_options.as_ref());
+        w.field("iamInstanceProfile", self.iam_instance_profile.as_ref());
+        w.field("ImageId", self.image_id.as_ref());
+        w.field(
+            "instanceInitiatedShutdownBehavior",
+            self.instance_initiated_shutdown_behavior.as_ref(),
+        );
+        w.field(
+            "InstanceMarketOptions",
+            self.instance_market_options.as_ref(),
+        );
+        w.field("InstanceType", self.instance_type.as_ref());
+        w.field("Ipv6AddressCount", self.ipv6_address_count.as_ref());
+        w.list("Ipv6Address", "item", self.ipv6_addresses.as_ref());
+        w.field("KernelId", self.kernel_id.as_ref());
+        w.field("KeyName", self.key_name.as_ref());
+        w.field("LaunchTemplate", self.launch_template.as_ref());
+        w.list(
+            "LicenseSpecification",
+            "item",
+            self.license_specifications.as_ref(),
+        );
+        w.field("MaintenanceOptions", self.maintenance_options.as_ref());
+        w.field("MaxCount", Some(&self.max_count));
+        w.field("MetadataOptions", self.metadata_options.as_ref());
+        w.field("MinCount", Some(&self.min_count));
+        w.field("Monitoring", self.monitoring.as_ref());
+        w.list("networkInterface", "item", self.network_interfaces.as_ref());
+        w.field(
+            "NetworkPerformanceOptions",
+            self.network_performance_options.as_ref(),
+        );
+        w.field("Operator", self.operator.as_ref());
+        w.field("Placement", self.placement.as_ref());
+        w.field(
+            "PrivateDnsNameOptions",
+            self.private_dns_name_options.as_ref(),
+        );
+        w.field("privateIpAddress", self.private_ip_address.as_ref());
+        w.field("RamdiskId", self.ramdisk_id.as_ref());
+        w.list(
+            "SecondaryInterface",
+            "item",
+            self.secondary_interfaces.as_ref(),
+        );
+        w.list(
+            "SecurityGroupId",
+            "SecurityGroupId",
+            self.security_group_ids.as_ref(),
+        );
+        w.list(
+            "SecurityGroup",
+            "SecurityGroup",
+            self.security_groups.as_ref(),
+        );
+        w.field("SubnetId", self.subnet_id.as_ref());
+        w.list("TagSpecification", "item", self.tag_specifications.as_ref());
+        w.field("UserData", self.user_data.as_ref());
+    }
+}
+
 /// Shape `SecurityGroup`.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SecurityGroup {
@@ -8788,6 +16109,479 @@ impl ToXml for SecurityGroupRule {
         w.field("securityGroupRuleId", self.security_group_rule_id.as_ref());
         w.list("tagSet", "item", self.tags.as_ref());
         w.field("toPort", self.to_port.as_ref());
+    }
+}
+
+/// Shape `Snapshot`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Snapshot {
+    /// Member `AvailabilityZone`.
+    #[serde(
+        rename = "AvailabilityZone",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub availability_zone: ::std::option::Option<::std::string::String>,
+    /// Member `CompletionDurationMinutes`.
+    #[serde(
+        rename = "CompletionDurationMinutes",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub completion_duration_minutes: ::std::option::Option<i32>,
+    /// Member `CompletionTime`.
+    #[serde(
+        rename = "CompletionTime",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub completion_time: ::std::option::Option<Timestamp>,
+    /// Member `DataEncryptionKeyId`.
+    #[serde(
+        rename = "DataEncryptionKeyId",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub data_encryption_key_id: ::std::option::Option<::std::string::String>,
+    /// Member `Description`.
+    #[serde(
+        rename = "Description",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub description: ::std::option::Option<::std::string::String>,
+    /// Member `Encrypted`.
+    #[serde(rename = "Encrypted", default, skip_serializing_if = "Option::is_none")]
+    pub encrypted: ::std::option::Option<bool>,
+    /// Member `FullSnapshotSizeInBytes`.
+    #[serde(
+        rename = "FullSnapshotSizeInBytes",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub full_snapshot_size_in_bytes: ::std::option::Option<i64>,
+    /// Member `KmsKeyId`.
+    #[serde(rename = "KmsKeyId", default, skip_serializing_if = "Option::is_none")]
+    pub kms_key_id: ::std::option::Option<::std::string::String>,
+    /// Member `OutpostArn`.
+    #[serde(
+        rename = "OutpostArn",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub outpost_arn: ::std::option::Option<::std::string::String>,
+    /// Member `OwnerAlias`.
+    #[serde(
+        rename = "OwnerAlias",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub owner_alias: ::std::option::Option<::std::string::String>,
+    /// Member `OwnerId`.
+    #[serde(rename = "OwnerId", default, skip_serializing_if = "Option::is_none")]
+    pub owner_id: ::std::option::Option<::std::string::String>,
+    /// Member `Progress`.
+    #[serde(rename = "Progress", default, skip_serializing_if = "Option::is_none")]
+    pub progress: ::std::option::Option<::std::string::String>,
+    /// Member `RestoreExpiryTime`.
+    #[serde(
+        rename = "RestoreExpiryTime",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub restore_expiry_time: ::std::option::Option<Timestamp>,
+    /// Member `SnapshotId`.
+    #[serde(
+        rename = "SnapshotId",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub snapshot_id: ::std::option::Option<::std::string::String>,
+    /// Member `SseType`.
+    #[serde(rename = "SseType", default, skip_serializing_if = "Option::is_none")]
+    pub sse_type: ::std::option::Option<::std::string::String>,
+    /// Member `StartTime`.
+    #[serde(rename = "StartTime", default, skip_serializing_if = "Option::is_none")]
+    pub start_time: ::std::option::Option<Timestamp>,
+    /// Member `State`.
+    #[serde(rename = "State", default, skip_serializing_if = "Option::is_none")]
+    pub state: ::std::option::Option<::std::string::String>,
+    /// Member `StateMessage`.
+    #[serde(
+        rename = "StateMessage",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub state_message: ::std::option::Option<::std::string::String>,
+    /// Member `StorageTier`.
+    #[serde(
+        rename = "StorageTier",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub storage_tier: ::std::option::Option<::std::string::String>,
+    /// Member `Tags`.
+    #[serde(rename = "Tags", default, skip_serializing_if = "Option::is_none")]
+    pub tags: ::std::option::Option<::std::vec::Vec<Tag>>,
+    /// Member `TransferType`.
+    #[serde(
+        rename = "TransferType",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub transfer_type: ::std::option::Option<::std::string::String>,
+    /// Member `VolumeId`.
+    #[serde(rename = "VolumeId", default, skip_serializing_if = "Option::is_none")]
+    pub volume_id: ::std::option::Option<::std::string::String>,
+    /// Member `VolumeSize`.
+    #[serde(
+        rename = "VolumeSize",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub volume_size: ::std::option::Option<i32>,
+}
+
+impl FromQuery for Snapshot {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            availability_zone: node.member(path, "AvailabilityZone")?,
+            completion_duration_minutes: node.member(path, "CompletionDurationMinutes")?,
+            completion_time: node.member(path, "CompletionTime")?,
+            data_encryption_key_id: node.member(path, "DataEncryptionKeyId")?,
+            description: node.member(path, "Description")?,
+            encrypted: node.member(path, "Encrypted")?,
+            full_snapshot_size_in_bytes: node.member(path, "FullSnapshotSizeInBytes")?,
+            kms_key_id: node.member(path, "KmsKeyId")?,
+            outpost_arn: node.member(path, "OutpostArn")?,
+            owner_alias: node.member(path, "OwnerAlias")?,
+            owner_id: node.member(path, "OwnerId")?,
+            progress: node.member(path, "Progress")?,
+            restore_expiry_time: node.member(path, "RestoreExpiryTime")?,
+            snapshot_id: node.member(path, "SnapshotId")?,
+            sse_type: node.member(path, "SseType")?,
+            start_time: node.member(path, "StartTime")?,
+            state: node.member(path, "Status")?,
+            state_message: node.member(path, "StatusMessage")?,
+            storage_tier: node.member(path, "StorageTier")?,
+            tags: node.member(path, "TagSet")?,
+            transfer_type: node.member(path, "TransferType")?,
+            volume_id: node.member(path, "VolumeId")?,
+            volume_size: node.member(path, "VolumeSize")?,
+        };
+        node.finish(path)?;
+        query::check_enum(
+            path,
+            "SseType",
+            value.sse_type.as_ref().map(|s| s.as_str()),
+            enums::SSEType,
+        )?;
+        query::check_enum(
+            path,
+            "Status",
+            value.state.as_ref().map(|s| s.as_str()),
+            enums::SnapshotState,
+        )?;
+        query::check_enum(
+            path,
+            "StorageTier",
+            value.storage_tier.as_ref().map(|s| s.as_str()),
+            enums::StorageTier,
+        )?;
+        query::check_enum(
+            path,
+            "TransferType",
+            value.transfer_type.as_ref().map(|s| s.as_str()),
+            enums::TransferType,
+        )?;
+        Ok(value)
+    }
+}
+
+impl ToXml for Snapshot {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("availabilityZone", self.availability_zone.as_ref());
+        w.field(
+            "completionDurationMinutes",
+            self.completion_duration_minutes.as_ref(),
+        );
+        w.timestamp("completionTime", self.completion_time.as_ref(), "iso8601");
+        w.field("dataEncryptionKeyId", self.data_encryption_key_id.as_ref());
+        w.field("description", self.description.as_ref());
+        w.field("encrypted", self.encrypted.as_ref());
+        w.field(
+            "fullSnapshotSizeInBytes",
+            self.full_snapshot_size_in_bytes.as_ref(),
+        );
+        w.field("kmsKeyId", self.kms_key_id.as_ref());
+        w.field("outpostArn", self.outpost_arn.as_ref());
+        w.field("ownerAlias", self.owner_alias.as_ref());
+        w.field("ownerId", self.owner_id.as_ref());
+        w.field("progress", self.progress.as_ref());
+        w.timestamp(
+            "restoreExpiryTime",
+            self.restore_expiry_time.as_ref(),
+            "iso8601",
+        );
+        w.field("snapshotId", self.snapshot_id.as_ref());
+        w.field("sseType", self.sse_type.as_ref());
+        w.timestamp("startTime", self.start_time.as_ref(), "iso8601");
+        w.field("status", self.state.as_ref());
+        w.field("statusMessage", self.state_message.as_ref());
+        w.field("storageTier", self.storage_tier.as_ref());
+        w.list("tagSet", "item", self.tags.as_ref());
+        w.field("transferType", self.transfer_type.as_ref());
+        w.field("volumeId", self.volume_id.as_ref());
+        w.field("volumeSize", self.volume_size.as_ref());
+    }
+}
+
+/// Shape `SpotMarketOptions`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SpotMarketOptions {
+    /// Member `BlockDurationMinutes`.
+    #[serde(
+        rename = "BlockDurationMinutes",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub block_duration_minutes: ::std::option::Option<i32>,
+    /// Member `InstanceInterruptionBehavior`.
+    #[serde(
+        rename = "InstanceInterruptionBehavior",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub instance_interruption_behavior: ::std::option::Option<::std::string::String>,
+    /// Member `MaxPrice`.
+    #[serde(rename = "MaxPrice", default, skip_serializing_if = "Option::is_none")]
+    pub max_price: ::std::option::Option<::std::string::String>,
+    /// Member `SpotInstanceType`.
+    #[serde(
+        rename = "SpotInstanceType",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub spot_instance_type: ::std::option::Option<::std::string::String>,
+    /// Member `ValidUntil`.
+    #[serde(
+        rename = "ValidUntil",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub valid_until: ::std::option::Option<Timestamp>,
+}
+
+impl FromQuery for SpotMarketOptions {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            block_duration_minutes: node.member(path, "BlockDurationMinutes")?,
+            instance_interruption_behavior: node.member(path, "InstanceInterruptionBehavior")?,
+            max_price: node.member(path, "MaxPrice")?,
+            spot_instance_type: node.member(path, "SpotInstanceType")?,
+            valid_until: node.member(path, "ValidUntil")?,
+        };
+        node.finish(path)?;
+        query::check_enum(
+            path,
+            "InstanceInterruptionBehavior",
+            value
+                .instance_interruption_behavior
+                .as_ref()
+                .map(|s| s.as_str()),
+            enums::InstanceInterruptionBehavior,
+        )?;
+        query::check_enum(
+            path,
+            "SpotInstanceType",
+            value.spot_instance_type.as_ref().map(|s| s.as_str()),
+            enums::SpotInstanceType,
+        )?;
+        Ok(value)
+    }
+}
+
+impl ToXml for SpotMarketOptions {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("BlockDurationMinutes", self.block_duration_minutes.as_ref());
+        w.field(
+            "InstanceInterruptionBehavior",
+            self.instance_interruption_behavior.as_ref(),
+        );
+        w.field("MaxPrice", self.max_price.as_ref());
+        w.field("SpotInstanceType", self.spot_instance_type.as_ref());
+        w.timestamp("ValidUntil", self.valid_until.as_ref(), "iso8601");
+    }
+}
+
+/// Shape `StartInstancesRequest`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct StartInstancesRequest {
+    /// Member `AdditionalInfo`.
+    #[serde(
+        rename = "AdditionalInfo",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub additional_info: ::std::option::Option<::std::string::String>,
+    /// Member `DryRun`.
+    #[serde(rename = "DryRun", default, skip_serializing_if = "Option::is_none")]
+    pub dry_run: ::std::option::Option<bool>,
+    /// Member `InstanceIds`.
+    #[serde(rename = "InstanceIds", default)]
+    pub instance_ids: ::std::vec::Vec<::std::string::String>,
+}
+
+impl FromQuery for StartInstancesRequest {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            additional_info: node.member(path, "AdditionalInfo")?,
+            dry_run: node.member(path, "DryRun")?,
+            instance_ids: node.required(path, "InstanceId")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for StartInstancesRequest {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("additionalInfo", self.additional_info.as_ref());
+        w.field("dryRun", self.dry_run.as_ref());
+        w.list("InstanceId", "InstanceId", Some(&self.instance_ids));
+    }
+}
+
+/// Shape `StartInstancesResult`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct StartInstancesResult {
+    /// Member `StartingInstances`.
+    #[serde(
+        rename = "StartingInstances",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub starting_instances: ::std::option::Option<::std::vec::Vec<InstanceStateChange>>,
+}
+
+impl FromQuery for StartInstancesResult {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            starting_instances: node.member(path, "InstancesSet")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for StartInstancesResult {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.list("instancesSet", "item", self.starting_instances.as_ref());
+    }
+}
+
+/// Shape `StateReason`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct StateReason {
+    /// Member `Code`.
+    #[serde(rename = "Code", default, skip_serializing_if = "Option::is_none")]
+    pub code: ::std::option::Option<::std::string::String>,
+    /// Member `Message`.
+    #[serde(rename = "Message", default, skip_serializing_if = "Option::is_none")]
+    pub message: ::std::option::Option<::std::string::String>,
+}
+
+impl FromQuery for StateReason {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            code: node.member(path, "Code")?,
+            message: node.member(path, "Message")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for StateReason {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("code", self.code.as_ref());
+        w.field("message", self.message.as_ref());
+    }
+}
+
+/// Shape `StopInstancesRequest`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct StopInstancesRequest {
+    /// Member `DryRun`.
+    #[serde(rename = "DryRun", default, skip_serializing_if = "Option::is_none")]
+    pub dry_run: ::std::option::Option<bool>,
+    /// Member `Force`.
+    #[serde(rename = "Force", default, skip_serializing_if = "Option::is_none")]
+    pub force: ::std::option::Option<bool>,
+    /// Member `Hibernate`.
+    #[serde(rename = "Hibernate", default, skip_serializing_if = "Option::is_none")]
+    pub hibernate: ::std::option::Option<bool>,
+    /// Member `InstanceIds`.
+    #[serde(rename = "InstanceIds", default)]
+    pub instance_ids: ::std::vec::Vec<::std::string::String>,
+    /// Member `SkipOsShutdown`.
+    #[serde(
+        rename = "SkipOsShutdown",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub skip_os_shutdown: ::std::option::Option<bool>,
+}
+
+impl FromQuery for StopInstancesRequest {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            dry_run: node.member(path, "DryRun")?,
+            force: node.member(path, "Force")?,
+            hibernate: node.member(path, "Hibernate")?,
+            instance_ids: node.required(path, "InstanceId")?,
+            skip_os_shutdown: node.member(path, "SkipOsShutdown")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for StopInstancesRequest {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("dryRun", self.dry_run.as_ref());
+        w.field("force", self.force.as_ref());
+        w.field("Hibernate", self.hibernate.as_ref());
+        w.list("InstanceId", "InstanceId", Some(&self.instance_ids));
+        w.field("SkipOsShutdown", self.skip_os_shutdown.as_ref());
+    }
+}
+
+/// Shape `StopInstancesResult`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct StopInstancesResult {
+    /// Member `StoppingInstances`.
+    #[serde(
+        rename = "StoppingInstances",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub stopping_instances: ::std::option::Option<::std::vec::Vec<InstanceStateChange>>,
+}
+
+impl FromQuery for StopInstancesResult {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            stopping_instances: node.member(path, "InstancesSet")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for StopInstancesResult {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.list("instancesSet", "item", self.stopping_instances.as_ref());
     }
 }
 
@@ -9250,6 +17044,77 @@ impl ToXml for TagSpecification {
     }
 }
 
+/// Shape `TerminateInstancesRequest`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TerminateInstancesRequest {
+    /// Member `DryRun`.
+    #[serde(rename = "DryRun", default, skip_serializing_if = "Option::is_none")]
+    pub dry_run: ::std::option::Option<bool>,
+    /// Member `Force`.
+    #[serde(rename = "Force", default, skip_serializing_if = "Option::is_none")]
+    pub force: ::std::option::Option<bool>,
+    /// Member `InstanceIds`.
+    #[serde(rename = "InstanceIds", default)]
+    pub instance_ids: ::std::vec::Vec<::std::string::String>,
+    /// Member `SkipOsShutdown`.
+    #[serde(
+        rename = "SkipOsShutdown",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub skip_os_shutdown: ::std::option::Option<bool>,
+}
+
+impl FromQuery for TerminateInstancesRequest {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            dry_run: node.member(path, "DryRun")?,
+            force: node.member(path, "Force")?,
+            instance_ids: node.required(path, "InstanceId")?,
+            skip_os_shutdown: node.member(path, "SkipOsShutdown")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for TerminateInstancesRequest {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("dryRun", self.dry_run.as_ref());
+        w.field("Force", self.force.as_ref());
+        w.list("InstanceId", "InstanceId", Some(&self.instance_ids));
+        w.field("SkipOsShutdown", self.skip_os_shutdown.as_ref());
+    }
+}
+
+/// Shape `TerminateInstancesResult`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TerminateInstancesResult {
+    /// Member `TerminatingInstances`.
+    #[serde(
+        rename = "TerminatingInstances",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub terminating_instances: ::std::option::Option<::std::vec::Vec<InstanceStateChange>>,
+}
+
+impl FromQuery for TerminateInstancesResult {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            terminating_instances: node.member(path, "InstancesSet")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for TerminateInstancesResult {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.list("instancesSet", "item", self.terminating_instances.as_ref());
+    }
+}
+
 /// Shape `UserIdGroupPair`.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct UserIdGroupPair {
@@ -9387,6 +17252,296 @@ impl ToXml for VCpuInfo {
             "item",
             self.valid_threads_per_core.as_ref(),
         );
+    }
+}
+
+/// Shape `Volume`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Volume {
+    /// Member `Attachments`.
+    #[serde(
+        rename = "Attachments",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub attachments: ::std::option::Option<::std::vec::Vec<VolumeAttachment>>,
+    /// Member `AvailabilityZone`.
+    #[serde(
+        rename = "AvailabilityZone",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub availability_zone: ::std::option::Option<::std::string::String>,
+    /// Member `AvailabilityZoneId`.
+    #[serde(
+        rename = "AvailabilityZoneId",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub availability_zone_id: ::std::option::Option<::std::string::String>,
+    /// Member `CreateTime`.
+    #[serde(
+        rename = "CreateTime",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub create_time: ::std::option::Option<Timestamp>,
+    /// Member `Encrypted`.
+    #[serde(rename = "Encrypted", default, skip_serializing_if = "Option::is_none")]
+    pub encrypted: ::std::option::Option<bool>,
+    /// Member `FastRestored`.
+    #[serde(
+        rename = "FastRestored",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub fast_restored: ::std::option::Option<bool>,
+    /// Member `Iops`.
+    #[serde(rename = "Iops", default, skip_serializing_if = "Option::is_none")]
+    pub iops: ::std::option::Option<i32>,
+    /// Member `KmsKeyId`.
+    #[serde(rename = "KmsKeyId", default, skip_serializing_if = "Option::is_none")]
+    pub kms_key_id: ::std::option::Option<::std::string::String>,
+    /// Member `MultiAttachEnabled`.
+    #[serde(
+        rename = "MultiAttachEnabled",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub multi_attach_enabled: ::std::option::Option<bool>,
+    /// Member `Operator`.
+    #[serde(rename = "Operator", default, skip_serializing_if = "Option::is_none")]
+    pub operator: ::std::option::Option<OperatorResponse>,
+    /// Member `OutpostArn`.
+    #[serde(
+        rename = "OutpostArn",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub outpost_arn: ::std::option::Option<::std::string::String>,
+    /// Member `Size`.
+    #[serde(rename = "Size", default, skip_serializing_if = "Option::is_none")]
+    pub size: ::std::option::Option<i32>,
+    /// Member `SnapshotId`.
+    #[serde(
+        rename = "SnapshotId",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub snapshot_id: ::std::option::Option<::std::string::String>,
+    /// Member `SourceVolumeId`.
+    #[serde(
+        rename = "SourceVolumeId",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub source_volume_id: ::std::option::Option<::std::string::String>,
+    /// Member `SseType`.
+    #[serde(rename = "SseType", default, skip_serializing_if = "Option::is_none")]
+    pub sse_type: ::std::option::Option<::std::string::String>,
+    /// Member `State`.
+    #[serde(rename = "State", default, skip_serializing_if = "Option::is_none")]
+    pub state: ::std::option::Option<::std::string::String>,
+    /// Member `Tags`.
+    #[serde(rename = "Tags", default, skip_serializing_if = "Option::is_none")]
+    pub tags: ::std::option::Option<::std::vec::Vec<Tag>>,
+    /// Member `Throughput`.
+    #[serde(
+        rename = "Throughput",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub throughput: ::std::option::Option<i32>,
+    /// Member `VolumeId`.
+    #[serde(rename = "VolumeId", default, skip_serializing_if = "Option::is_none")]
+    pub volume_id: ::std::option::Option<::std::string::String>,
+    /// Member `VolumeInitializationRate`.
+    #[serde(
+        rename = "VolumeInitializationRate",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub volume_initialization_rate: ::std::option::Option<i32>,
+    /// Member `VolumeType`.
+    #[serde(
+        rename = "VolumeType",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub volume_type: ::std::option::Option<::std::string::String>,
+}
+
+impl FromQuery for Volume {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            attachments: node.member(path, "AttachmentSet")?,
+            availability_zone: node.member(path, "AvailabilityZone")?,
+            availability_zone_id: node.member(path, "AvailabilityZoneId")?,
+            create_time: node.member(path, "CreateTime")?,
+            encrypted: node.member(path, "Encrypted")?,
+            fast_restored: node.member(path, "FastRestored")?,
+            iops: node.member(path, "Iops")?,
+            kms_key_id: node.member(path, "KmsKeyId")?,
+            multi_attach_enabled: node.member(path, "MultiAttachEnabled")?,
+            operator: node.member(path, "Operator")?,
+            outpost_arn: node.member(path, "OutpostArn")?,
+            size: node.member(path, "Size")?,
+            snapshot_id: node.member(path, "SnapshotId")?,
+            source_volume_id: node.member(path, "SourceVolumeId")?,
+            sse_type: node.member(path, "SseType")?,
+            state: node.member(path, "Status")?,
+            tags: node.member(path, "TagSet")?,
+            throughput: node.member(path, "Throughput")?,
+            volume_id: node.member(path, "VolumeId")?,
+            volume_initialization_rate: node.member(path, "VolumeInitializationRate")?,
+            volume_type: node.member(path, "VolumeType")?,
+        };
+        node.finish(path)?;
+        query::check_enum(
+            path,
+            "SseType",
+            value.sse_type.as_ref().map(|s| s.as_str()),
+            enums::SSEType,
+        )?;
+        query::check_enum(
+            path,
+            "Status",
+            value.state.as_ref().map(|s| s.as_str()),
+            enums::VolumeState,
+        )?;
+        query::check_enum(
+            path,
+            "VolumeType",
+            value.volume_type.as_ref().map(|s| s.as_str()),
+            enums::VolumeType,
+        )?;
+        Ok(value)
+    }
+}
+
+impl ToXml for Volume {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.list("attachmentSet", "item", self.attachments.as_ref());
+        w.field("availabilityZone", self.availability_zone.as_ref());
+        w.field("availabilityZoneId", self.availability_zone_id.as_ref());
+        w.timestamp("createTime", self.create_time.as_ref(), "iso8601");
+        w.field("encrypted", self.encrypted.as_ref());
+        w.field("fastRestored", self.fast_restored.as_ref());
+        w.field("iops", self.iops.as_ref());
+        w.field("kmsKeyId", self.kms_key_id.as_ref());
+        w.field("multiAttachEnabled", self.multi_attach_enabled.as_ref());
+        w.field("operator", self.operator.as_ref());
+        w.field("outpostArn", self.outpost_arn.as_ref());
+        w.field("size", self.size.as_ref());
+        w.field("snapshotId", self.snapshot_id.as_ref());
+        w.field("sourceVolumeId", self.source_volume_id.as_ref());
+        w.field("sseType", self.sse_type.as_ref());
+        w.field("status", self.state.as_ref());
+        w.list("tagSet", "item", self.tags.as_ref());
+        w.field("throughput", self.throughput.as_ref());
+        w.field("volumeId", self.volume_id.as_ref());
+        w.field(
+            "volumeInitializationRate",
+            self.volume_initialization_rate.as_ref(),
+        );
+        w.field("volumeType", self.volume_type.as_ref());
+    }
+}
+
+/// Shape `VolumeAttachment`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct VolumeAttachment {
+    /// Member `AssociatedResource`.
+    #[serde(
+        rename = "AssociatedResource",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub associated_resource: ::std::option::Option<::std::string::String>,
+    /// Member `AttachTime`.
+    #[serde(
+        rename = "AttachTime",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub attach_time: ::std::option::Option<Timestamp>,
+    /// Member `DeleteOnTermination`.
+    #[serde(
+        rename = "DeleteOnTermination",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub delete_on_termination: ::std::option::Option<bool>,
+    /// Member `Device`.
+    #[serde(rename = "Device", default, skip_serializing_if = "Option::is_none")]
+    pub device: ::std::option::Option<::std::string::String>,
+    /// Member `EbsCardIndex`.
+    #[serde(
+        rename = "EbsCardIndex",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ebs_card_index: ::std::option::Option<i32>,
+    /// Member `InstanceId`.
+    #[serde(
+        rename = "InstanceId",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub instance_id: ::std::option::Option<::std::string::String>,
+    /// Member `InstanceOwningService`.
+    #[serde(
+        rename = "InstanceOwningService",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub instance_owning_service: ::std::option::Option<::std::string::String>,
+    /// Member `State`.
+    #[serde(rename = "State", default, skip_serializing_if = "Option::is_none")]
+    pub state: ::std::option::Option<::std::string::String>,
+    /// Member `VolumeId`.
+    #[serde(rename = "VolumeId", default, skip_serializing_if = "Option::is_none")]
+    pub volume_id: ::std::option::Option<::std::string::String>,
+}
+
+impl FromQuery for VolumeAttachment {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            associated_resource: node.member(path, "AssociatedResource")?,
+            attach_time: node.member(path, "AttachTime")?,
+            delete_on_termination: node.member(path, "DeleteOnTermination")?,
+            device: node.member(path, "Device")?,
+            ebs_card_index: node.member(path, "EbsCardIndex")?,
+            instance_id: node.member(path, "InstanceId")?,
+            instance_owning_service: node.member(path, "InstanceOwningService")?,
+            state: node.member(path, "Status")?,
+            volume_id: node.member(path, "VolumeId")?,
+        };
+        node.finish(path)?;
+        query::check_enum(
+            path,
+            "Status",
+            value.state.as_ref().map(|s| s.as_str()),
+            enums::VolumeAttachmentState,
+        )?;
+        Ok(value)
+    }
+}
+
+impl ToXml for VolumeAttachment {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("associatedResource", self.associated_resource.as_ref());
+        w.timestamp("attachTime", self.attach_time.as_ref(), "iso8601");
+        w.field("deleteOnTermination", self.delete_on_termination.as_ref());
+        w.field("device", self.device.as_ref());
+        w.field("ebsCardIndex", self.ebs_card_index.as_ref());
+        w.field("instanceId", self.instance_id.as_ref());
+        w.field(
+            "instanceOwningService",
+            self.instance_owning_service.as_ref(),
+        );
+        w.field("status", self.state.as_ref());
+        w.field("volumeId", self.volume_id.as_ref());
     }
 }
 
@@ -10865,6 +19020,11 @@ pub const GENERATED_OPERATIONS: &[(&str, &str, Option<&str>)] = &[
         Some("AuthorizeSecurityGroupIngressResult"),
     ),
     (
+        "CreateImage",
+        "CreateImageRequest",
+        Some("CreateImageResult"),
+    ),
+    (
         "CreateInternetGateway",
         "CreateInternetGatewayRequest",
         Some("CreateInternetGatewayResult"),
@@ -10885,6 +19045,7 @@ pub const GENERATED_OPERATIONS: &[(&str, &str, Option<&str>)] = &[
         "CreateSecurityGroupRequest",
         Some("CreateSecurityGroupResult"),
     ),
+    ("CreateSnapshot", "CreateSnapshotRequest", Some("Snapshot")),
     (
         "CreateSubnet",
         "CreateSubnetRequest",
@@ -10909,9 +19070,15 @@ pub const GENERATED_OPERATIONS: &[(&str, &str, Option<&str>)] = &[
         "DeleteSecurityGroupRequest",
         Some("DeleteSecurityGroupResult"),
     ),
+    ("DeleteSnapshot", "DeleteSnapshotRequest", None),
     ("DeleteSubnet", "DeleteSubnetRequest", None),
     ("DeleteTags", "DeleteTagsRequest", None),
     ("DeleteVpc", "DeleteVpcRequest", None),
+    (
+        "DeregisterImage",
+        "DeregisterImageRequest",
+        Some("DeregisterImageResult"),
+    ),
     (
         "DescribeAccountAttributes",
         "DescribeAccountAttributesRequest",
@@ -10923,6 +19090,26 @@ pub const GENERATED_OPERATIONS: &[(&str, &str, Option<&str>)] = &[
         Some("DescribeAvailabilityZonesResult"),
     ),
     (
+        "DescribeImageAttribute",
+        "DescribeImageAttributeRequest",
+        Some("ImageAttribute"),
+    ),
+    (
+        "DescribeImages",
+        "DescribeImagesRequest",
+        Some("DescribeImagesResult"),
+    ),
+    (
+        "DescribeInstanceAttribute",
+        "DescribeInstanceAttributeRequest",
+        Some("InstanceAttribute"),
+    ),
+    (
+        "DescribeInstanceStatus",
+        "DescribeInstanceStatusRequest",
+        Some("DescribeInstanceStatusResult"),
+    ),
+    (
         "DescribeInstanceTypeOfferings",
         "DescribeInstanceTypeOfferingsRequest",
         Some("DescribeInstanceTypeOfferingsResult"),
@@ -10931,6 +19118,11 @@ pub const GENERATED_OPERATIONS: &[(&str, &str, Option<&str>)] = &[
         "DescribeInstanceTypes",
         "DescribeInstanceTypesRequest",
         Some("DescribeInstanceTypesResult"),
+    ),
+    (
+        "DescribeInstances",
+        "DescribeInstancesRequest",
+        Some("DescribeInstancesResult"),
     ),
     (
         "DescribeInternetGateways",
@@ -10963,6 +19155,11 @@ pub const GENERATED_OPERATIONS: &[(&str, &str, Option<&str>)] = &[
         Some("DescribeSecurityGroupsResult"),
     ),
     (
+        "DescribeSnapshots",
+        "DescribeSnapshotsRequest",
+        Some("DescribeSnapshotsResult"),
+    ),
+    (
         "DescribeSubnets",
         "DescribeSubnetsRequest",
         Some("DescribeSubnetsResult"),
@@ -10971,6 +19168,11 @@ pub const GENERATED_OPERATIONS: &[(&str, &str, Option<&str>)] = &[
         "DescribeTags",
         "DescribeTagsRequest",
         Some("DescribeTagsResult"),
+    ),
+    (
+        "DescribeVolumes",
+        "DescribeVolumesRequest",
+        Some("DescribeVolumesResult"),
     ),
     (
         "DescribeVpcAttribute",
@@ -10993,9 +19195,20 @@ pub const GENERATED_OPERATIONS: &[(&str, &str, Option<&str>)] = &[
         None,
     ),
     (
+        "GetConsoleOutput",
+        "GetConsoleOutputRequest",
+        Some("GetConsoleOutputResult"),
+    ),
+    (
         "ImportKeyPair",
         "ImportKeyPairRequest",
         Some("ImportKeyPairResult"),
+    ),
+    ("ModifyImageAttribute", "ModifyImageAttributeRequest", None),
+    (
+        "ModifyInstanceAttribute",
+        "ModifyInstanceAttributeRequest",
+        None,
     ),
     (
         "ModifySubnetAttribute",
@@ -11003,6 +19216,12 @@ pub const GENERATED_OPERATIONS: &[(&str, &str, Option<&str>)] = &[
         None,
     ),
     ("ModifyVpcAttribute", "ModifyVpcAttributeRequest", None),
+    ("RebootInstances", "RebootInstancesRequest", None),
+    (
+        "RegisterImage",
+        "RegisterImageRequest",
+        Some("RegisterImageResult"),
+    ),
     ("ReplaceRoute", "ReplaceRouteRequest", None),
     (
         "ReplaceRouteTableAssociation",
@@ -11018,5 +19237,21 @@ pub const GENERATED_OPERATIONS: &[(&str, &str, Option<&str>)] = &[
         "RevokeSecurityGroupIngress",
         "RevokeSecurityGroupIngressRequest",
         Some("RevokeSecurityGroupIngressResult"),
+    ),
+    ("RunInstances", "RunInstancesRequest", Some("Reservation")),
+    (
+        "StartInstances",
+        "StartInstancesRequest",
+        Some("StartInstancesResult"),
+    ),
+    (
+        "StopInstances",
+        "StopInstancesRequest",
+        Some("StopInstancesResult"),
+    ),
+    (
+        "TerminateInstances",
+        "TerminateInstancesRequest",
+        Some("TerminateInstancesResult"),
     ),
 ];

@@ -84,6 +84,18 @@ impl Store {
         })
     }
 
+    /// Every (account, region) that has state.
+    pub fn scopes(&self) -> Result<Vec<(String, String)>, ApiError> {
+        let conn = self
+            .conn
+            .lock()
+            .map_err(|_| ApiError::internal("store lock poisoned"))?;
+        let mut stmt =
+            conn.prepare("SELECT account, region FROM seeded ORDER BY account, region")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// Runs `f` in one transaction for the caller's (account, region); commits only on success.
     pub fn transaction<R>(
         &self,
@@ -168,6 +180,26 @@ impl Tx<'_> {
         let mut out = Vec::new();
         for row in rows {
             out.push(serde_json::from_str(&row?)?);
+        }
+        Ok(out)
+    }
+
+    /// Resources of a kind in this region across every account, for what EC2 lets accounts
+    /// share (public and shared AMIs): (owning account, resource).
+    pub fn list_region_wide<T: DeserializeOwned>(
+        &self,
+        kind: &str,
+    ) -> Result<Vec<(String, T)>, ApiError> {
+        let mut stmt = self.tx.prepare_cached(
+            "SELECT account, body FROM resources WHERE region=?1 AND kind=?2 ORDER BY seq",
+        )?;
+        let rows = stmt.query_map(params![self.region, kind], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (account, body) = row?;
+            out.push((account, serde_json::from_str(&body)?));
         }
         Ok(out)
     }
