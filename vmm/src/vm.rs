@@ -656,37 +656,50 @@ impl Instance {
             fds.push(vcpu);
         }
 
-        let ctl = Arc::new(VcpuCtl::default());
-        let mut vcpus = Vec::new();
+        // From here on, threads exist: on any error, stop the ones already
+        // started before returning, so that a failed start leaks nothing.
+        let mut inst = Instance {
+            _vm: vm,
+            _mem: mem,
+            vcpus: Vec::new(),
+            ctl: Arc::new(VcpuCtl::default()),
+            rx_threads: Vec::new(),
+            ged,
+        };
         for (id, fd) in fds.into_iter().enumerate() {
-            let (bus, ctl, tx, sh) = (bus.clone(), ctl.clone(), ctl_tx.clone(), shared.clone());
-            let h = std::thread::Builder::new()
+            let (bus, ctl, tx, sh) = (
+                bus.clone(),
+                inst.ctl.clone(),
+                ctl_tx.clone(),
+                shared.clone(),
+            );
+            match std::thread::Builder::new()
                 .name(format!("vcpu{id}"))
                 .spawn(move || run_vcpu(fd, id, generation, bus, ctl, tx, sh))
-                .map_err(|e| Error::io("spawning vCPU thread", e))?;
-            vcpus.push(h);
+            {
+                Ok(h) => inst.vcpus.push(h),
+                Err(e) => {
+                    inst.teardown();
+                    return Err(Error::io("spawning vCPU thread", e));
+                }
+            }
         }
-
-        let mut rx_threads = Vec::new();
         for (dev_index, pending, nic) in rx_setup {
             let transport = bus.mmio[dev_index].1.clone();
             let backend = cfg.nics[nic].backend.clone();
             let p = pending.clone();
-            let h = std::thread::Builder::new()
+            match std::thread::Builder::new()
                 .name(format!("vmm-net{nic}-rx"))
                 .spawn(move || net_rx_loop(backend, p, transport))
-                .map_err(|e| Error::io("spawning net RX thread", e))?;
-            rx_threads.push((h, pending));
+            {
+                Ok(h) => inst.rx_threads.push((h, pending)),
+                Err(e) => {
+                    inst.teardown();
+                    return Err(Error::io("spawning net RX thread", e));
+                }
+            }
         }
-
-        Ok(Instance {
-            _vm: vm,
-            _mem: mem,
-            vcpus,
-            ctl,
-            rx_threads,
-            ged,
-        })
+        Ok(inst)
     }
 
     fn kick_until(&self, done: impl Fn() -> bool) -> bool {
