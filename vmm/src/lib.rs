@@ -217,3 +217,16 @@ pub fn detect_kvm() -> KvmKind {
         KvmKind::Hardware
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// The engine adapter shares a VM handle across threads.
+    #[test]
+    fn handles_are_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<crate::Vm>();
+        check::<crate::Console>();
+        check::<crate::ChannelBackend>();
+        check::<crate::TapBackend>();
+    }
+}
