@@ -53,11 +53,15 @@ fn fixture(init: &str) -> Result<Fixture, String> {
         std::fs::create_dir_all(root.join(d)).map_err(|e| e.to_string())?;
     }
     std::fs::copy("/bin/busybox", root.join("bin/busybox")).map_err(|e| e.to_string())?;
-    for applet in [
-        "sh", "sleep", "echo", "cat", "hostname", "ls", "mount", "ps", "env",
-    ] {
-        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))
-            .map_err(|e| e.to_string())?;
+    let list = Command::new("/bin/busybox")
+        .arg("--list")
+        .output()
+        .map_err(|e| format!("busybox --list: {e}"))?;
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        if applet != "busybox" && !applet.contains('/') {
+            std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))
+                .map_err(|e| e.to_string())?;
+        }
     }
     std::fs::write(root.join("sbin/init"), init).map_err(|e| e.to_string())?;
     let status = Command::new("chmod")
@@ -485,6 +489,143 @@ fn orphans_of_a_dropped_machine_are_cleaned_up_by_a_fresh_engine() {
         e.contains(&MachineEvent::PoweredOff)
     });
     assert_clean(&other, &other_image);
+}
+
+/// The tiny AMI's own init (fixtures/tiny/init), in the throwaway image: its console and
+/// signal contract must work under this engine unchanged.
+#[test]
+fn tiny_ami_init_boots_reboots_and_powers_off() {
+    let init = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/tiny/init");
+    let Ok(init) = std::fs::read_to_string(&init) else {
+        eprintln!(
+            "\n*** SKIPPED tiny AMI init test: {} not found ***\n",
+            init.display()
+        );
+        return;
+    };
+    let Some((fx, engine)) = setup(&init) else {
+        return;
+    };
+    let id = instance_id();
+    let spec = spec(&fx, &id);
+    let events = Arc::new(Events::default());
+    let t0 = Instant::now();
+    let machine = engine.launch(spec.clone(), events.sink()).expect("launch");
+    let ready = format!("ec2d-tiny: instance {id} ready");
+    wait_console(machine.as_ref(), &ready, 1, Duration::from_secs(10));
+    eprintln!("tiny ready line after {:?}", t0.elapsed());
+    machine.reboot();
+    events.wait("Rebooted", Duration::from_secs(10), |e| {
+        e.contains(&MachineEvent::Rebooted)
+    });
+    let text = wait_console(machine.as_ref(), &ready, 2, Duration::from_secs(10));
+    assert!(text.contains("ec2d-tiny: rebooting"), "{text}");
+    let t1 = Instant::now();
+    machine.shutdown(Duration::from_secs(5));
+    events.wait("PoweredOff", Duration::from_secs(7), |e| {
+        e.contains(&MachineEvent::PoweredOff)
+    });
+    eprintln!("tiny PoweredOff {:?} after shutdown", t1.elapsed());
+    assert!(t1.elapsed() < Duration::from_secs(5), "needed the grace");
+    let text = String::from_utf8_lossy(&machine.console()).into_owned();
+    assert!(text.contains("ec2d-tiny: powering off"), "{text}");
+    eprintln!("tiny console:\n{text}");
+    assert_eq!(
+        events.snapshot(),
+        vec![
+            MachineEvent::Started,
+            MachineEvent::Rebooted,
+            MachineEvent::PoweredOff
+        ]
+    );
+    assert_clean(&id, &fx.image);
+}
+
+/// A rough scale figure, not run by default: `SANDBOX_N=100 cargo test --test sandbox --
+/// --ignored many --nocapture`. Launches N machines from one image copy each, waits for
+/// every ready line, prints latency and memory, shuts them all down and checks the host.
+#[test]
+#[ignore]
+fn many_machines() {
+    let Some((fx, engine)) = setup(INIT) else {
+        return;
+    };
+    let n: usize = std::env::var("SANDBOX_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50);
+    let mut specs = Vec::new();
+    for _ in 0..n {
+        let id = instance_id();
+        let mut s = spec(&fx, &id);
+        s.root_disk = fx.data_dir.join(format!("volumes/{id}.img"));
+        let out = Command::new("cp")
+            .args(["--sparse=always"])
+            .arg(&fx.image)
+            .arg(&s.root_disk)
+            .status()
+            .unwrap();
+        assert!(out.success());
+        specs.push(s);
+    }
+    let events = Arc::new(Events::default());
+    let t0 = Instant::now();
+    let machines: Vec<_> = specs
+        .iter()
+        .map(|s| engine.launch(s.clone(), events.sink()).expect("launch"))
+        .collect();
+    let launched = t0.elapsed();
+    events.wait("all Started", Duration::from_secs(120), |e| e.len() >= n);
+    let started = t0.elapsed();
+    for (m, s) in machines.iter().zip(&specs) {
+        let ready = format!("ready: instance {} is up", s.instance_id);
+        wait_console(m.as_ref(), &ready, 1, Duration::from_secs(60));
+    }
+    let ready = t0.elapsed();
+    std::thread::sleep(Duration::from_secs(1));
+    let mut rss_kib = 0u64;
+    let mut cg_bytes = 0u64;
+    for s in &specs {
+        let pids = std::fs::read_to_string(
+            Path::new("/sys/fs/cgroup/pids/ec2d")
+                .join(&s.instance_id)
+                .join("cgroup.procs"),
+        )
+        .unwrap_or_default();
+        for pid in pids.lines() {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            rss_kib += status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+        cg_bytes += std::fs::read_to_string(
+            Path::new("/sys/fs/cgroup/memory/ec2d")
+                .join(&s.instance_id)
+                .join("memory.usage_in_bytes"),
+        )
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    }
+    eprintln!(
+        "{n} machines: launch() calls {launched:?}, all Started {started:?}, all ready {ready:?}; \
+         per machine: RSS {} KiB (shared pages counted each time), memory cgroup {} KiB",
+        rss_kib / n as u64,
+        cg_bytes / 1024 / n as u64
+    );
+    let t1 = Instant::now();
+    for m in &machines {
+        m.shutdown(Duration::from_secs(10));
+    }
+    events.wait("all PoweredOff", Duration::from_secs(60), |e| {
+        e.iter().filter(|e| **e == MachineEvent::PoweredOff).count() >= n
+    });
+    eprintln!("{n} machines powered off in {:?}", t1.elapsed());
+    for s in &specs {
+        assert_clean(&s.instance_id, &s.root_disk);
+    }
 }
 
 /// The `unshare` process of a machine, found the way an outsider would.

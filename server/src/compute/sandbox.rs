@@ -31,6 +31,7 @@
 use std::collections::{BTreeSet, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, PipeReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -85,36 +86,17 @@ mount -t proc -o nosuid,nodev,noexec proc "$R/proc"
 mount -t sysfs -o ro,nosuid,nodev,noexec sysfs "$R/sys"
 
 # Identity as a microVM's SMBIOS would present it. The host has no /sys/class/dmi at
-# all, and sysfs takes no new files, so a read-only overlay adds dmi/id to /sys/class.
-I=$EC2D_IDENTITY
-mount -t tmpfs -o mode=755,size=64k ec2d-identity "$I"
-mkdir -p "$I/dmi/id"
-printf '%s\n' "$EC2D_UUID" > "$I/dmi/id/product_uuid"
-printf '%s\n' "$EC2D_UUID" > "$I/dmi/id/product_serial"
-for f in sys_vendor bios_vendor board_vendor chassis_vendor; do
-    printf 'Amazon EC2\n' > "$I/dmi/id/$f"
-done
-printf '%s\n' "$EC2D_INSTANCE_ID" > "$I/dmi/id/board_asset_tag"
-mount -t overlay -o "lowerdir=$I:$R/sys/class" ec2d-identity "$R/sys/class"
+# all, and sysfs takes no new files, so a read-only overlay adds dmi/id (written by ec2d
+# into $EC2D_IDENTITY) to /sys/class.
+mount -t overlay -o "lowerdir=$EC2D_IDENTITY:$R/sys/class" ec2d-identity "$R/sys/class"
 
-# A minimal /dev: a devtmpfs would hand the guest every host disk.
+# A minimal /dev: a devtmpfs would hand the guest every host disk. The nodes and links
+# come from a template made once per engine (one cp instead of a dozen mknod/ln forks).
 D=$R/dev
 mount -t tmpfs -o nosuid,noexec,mode=755,size=64k ec2d-dev "$D"
-mknod -m 666 "$D/null" c 1 3
-mknod -m 666 "$D/zero" c 1 5
-mknod -m 666 "$D/full" c 1 7
-mknod -m 666 "$D/random" c 1 8
-mknod -m 666 "$D/urandom" c 1 9
-mknod -m 666 "$D/tty" c 5 0
-mkdir -m 755 "$D/pts"
-mkdir -m 1777 "$D/shm"
+cp -a "$EC2D_DEV_TEMPLATE/." "$D/"
 mount -t devpts -o newinstance,ptmxmode=0666,mode=0620 devpts "$D/pts"
 mount -t tmpfs -o nosuid,nodev,mode=1777 shm "$D/shm"
-ln -s pts/ptmx "$D/ptmx"
-ln -s /proc/self/fd "$D/fd"
-ln -s /proc/self/fd/0 "$D/stdin"
-ln -s /proc/self/fd/1 "$D/stdout"
-ln -s /proc/self/fd/2 "$D/stderr"
 eval "$EC2D_DISK_NODES"
 
 printf '%s' "$EC2D_HOSTNAME" > /proc/sys/kernel/hostname
@@ -152,6 +134,8 @@ struct LoopDev {
 pub struct SandboxEngine {
     data_dir: PathBuf,
     records_dir: PathBuf,
+    /// A directory of device nodes and links copied into each guest's /dev.
+    dev_template: PathBuf,
     tools: Tools,
     /// Whether cgroup v1 cpu/memory/pids hierarchies are mounted where we expect them.
     cgroups_usable: bool,
@@ -184,7 +168,7 @@ impl SandboxEngine {
             chroot: find("chroot")?,
             umount: find("umount")?,
         };
-        for name in ["mount", "env", "mknod"] {
+        for name in ["mount", "env", "mknod", "cp"] {
             find(name)?;
         }
         if !Path::new("/dev/loop-control").exists() {
@@ -220,6 +204,7 @@ impl SandboxEngine {
         }
         let records_dir = data_dir.join("sandbox");
         fs::create_dir_all(&records_dir)?;
+        let dev_template = make_dev_template(&records_dir)?;
         let cgroups_usable = Path::new(CGROUP_ROOT).join("cpu/cpu.cfs_quota_us").exists()
             && Path::new(CGROUP_ROOT)
                 .join("memory/memory.limit_in_bytes")
@@ -228,6 +213,7 @@ impl SandboxEngine {
         let engine = SandboxEngine {
             data_dir,
             records_dir,
+            dev_template,
             tools,
             cgroups_usable,
             cgroup_warned: Arc::new(AtomicBool::new(false)),
@@ -353,6 +339,7 @@ impl Engine for SandboxEngine {
         let identity = state_dir.join("identity");
         fs::create_dir_all(&rootfs)?;
         fs::create_dir_all(&identity)?;
+        write_identity(&identity, &spec)?;
         let root_disk = fs::canonicalize(&spec.root_disk).map_err(|e| {
             EngineError::Launch(format!("root volume {}: {e}", spec.root_disk.display()))
         })?;
@@ -414,6 +401,7 @@ impl Engine for SandboxEngine {
             record_path: self.record_path(&id),
             record,
             disk_nodes,
+            dev_template: self.dev_template.clone(),
             events,
             ctl: Mutex::new(Ctl::default()),
             changed: Condvar::new(),
@@ -550,7 +538,7 @@ impl Engine for SandboxEngine {
         }
         for (path, record) in &records {
             let _ = fs::remove_dir(&record.rootfs);
-            let _ = fs::remove_dir(&record.identity);
+            let _ = fs::remove_dir_all(&record.identity);
             let _ = fs::remove_file(path);
         }
         Ok(())
@@ -589,6 +577,7 @@ struct Inner {
     record_path: PathBuf,
     record: Record,
     disk_nodes: String,
+    dev_template: PathBuf,
     events: EventSink,
     ctl: Mutex<Ctl>,
     changed: Condvar,
@@ -618,7 +607,13 @@ impl Inner {
         // stdout and stderr share one pipe so the console keeps their interleaving.
         let (reader, writer) = io::pipe()?;
         let writer2 = writer.try_clone()?;
-        let mut env_words = vec!["HOME=/".to_string(), "TERM=linux".to_string()];
+        // What the kernel gives a real init (HOME, TERM), and which engine this is, so
+        // an init that runs under both (the tiny AMI's) need not guess.
+        let mut env_words = vec![
+            "HOME=/".to_string(),
+            "TERM=linux".to_string(),
+            "ec2d_engine=sandbox".to_string(),
+        ];
         for (k, v) in &spec.init_env {
             if valid_env_name(k) {
                 env_words.push(format!("{k}={v}"));
@@ -651,8 +646,7 @@ impl Inner {
             .env("EC2D_ROOT", &self.record.rootfs)
             .env("EC2D_ROOT_DEV", &self.record.loops[0].device)
             .env("EC2D_IDENTITY", &self.record.identity)
-            .env("EC2D_UUID", &spec.smbios_uuid)
-            .env("EC2D_INSTANCE_ID", &spec.instance_id)
+            .env("EC2D_DEV_TEMPLATE", &self.dev_template)
             .env("EC2D_HOSTNAME", hostname)
             .env("EC2D_DISK_NODES", &self.disk_nodes)
             .stdin(Stdio::null())
@@ -672,9 +666,12 @@ impl Inner {
     /// boot, decides reboot or power-off, and tears down.
     fn supervise(self: Arc<Self>, mut child: Child, mut reader: PipeReader) {
         let id = self.spec.instance_id.clone();
-        let mut first = true;
+        // `Started` goes out once, for the first boot that reaches init (a boot killed
+        // by a forced reboot before that does not count); later boots are `Rebooted`.
+        let mut ever_started = false;
         let terminal = loop {
-            let started = self.pump_console(&mut reader, first);
+            let started = self.pump_console(&mut reader, !ever_started);
+            ever_started |= started;
             // EOF: unshare has exited (it held the pipe) but is not reaped, so its PID
             // cannot have been reused; forget it before reaping.
             self.lock_ctl().unshare_pid = None;
@@ -692,7 +689,6 @@ impl Inner {
                         Ok((c, r)) => {
                             child = c;
                             reader = r;
-                            first = false;
                         }
                         Err(e) => break MachineEvent::Crashed(format!("cannot reboot: {e}")),
                     }
@@ -1036,8 +1032,80 @@ fn teardown(tools: &Tools, record_path: &Path, record: &Record) {
         remove_cgroup(cg);
     }
     let _ = fs::remove_dir(&record.rootfs);
-    let _ = fs::remove_dir(&record.identity);
+    let _ = fs::remove_dir_all(&record.identity);
     let _ = fs::remove_file(record_path);
+}
+
+/// The files the guest sees under /sys/class/dmi/id, as EC2's Nitro firmware fills them
+/// (cloud-init's ds-identify looks at product_uuid, product_serial and sys_vendor).
+fn write_identity(dir: &Path, spec: &MachineSpec) -> io::Result<()> {
+    let id_dir = dir.join("dmi/id");
+    fs::create_dir_all(&id_dir)?;
+    let uuid = format!("{}\n", spec.smbios_uuid);
+    fs::write(id_dir.join("product_uuid"), &uuid)?;
+    fs::write(id_dir.join("product_serial"), &uuid)?;
+    for f in [
+        "sys_vendor",
+        "bios_vendor",
+        "board_vendor",
+        "chassis_vendor",
+    ] {
+        fs::write(id_dir.join(f), "Amazon EC2\n")?;
+    }
+    fs::write(
+        id_dir.join("board_asset_tag"),
+        format!("{}\n", spec.instance_id),
+    )
+}
+
+/// Builds `<records_dir>/dev-template` afresh: the character devices a guest needs, empty
+/// pts/ and shm/ mount points, and the usual links. Device numbers are Linux's fixed ones.
+fn make_dev_template(records_dir: &Path) -> Result<PathBuf, EngineError> {
+    let dir = records_dir.join("dev-template");
+    let tmp = records_dir.join("dev-template.new");
+    let _ = fs::remove_dir_all(&tmp);
+    fs::create_dir_all(&tmp)?;
+    let nodes = [
+        ("null", 1, 3),
+        ("zero", 1, 5),
+        ("full", 1, 7),
+        ("random", 1, 8),
+        ("urandom", 1, 9),
+        ("tty", 5, 0),
+    ];
+    for (name, major, minor) in nodes {
+        let out = Command::new("mknod")
+            .args(["-m", "666"])
+            .arg(tmp.join(name))
+            .args(["c", &major.to_string(), &minor.to_string()])
+            .env_clear()
+            .env("PATH", SAFE_PATH)
+            .stdin(Stdio::null())
+            .output()?;
+        if !out.status.success() {
+            return Err(EngineError::Unavailable(format!(
+                "the sandbox engine cannot create device nodes under {}: {}",
+                records_dir.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+    }
+    fs::create_dir(tmp.join("pts"))?;
+    fs::create_dir(tmp.join("shm"))?;
+    fs::set_permissions(tmp.join("shm"), fs::Permissions::from_mode(0o1777))?;
+    let links = [
+        ("ptmx", "pts/ptmx"),
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ];
+    for (name, target) in links {
+        std::os::unix::fs::symlink(target, tmp.join(name))?;
+    }
+    let _ = fs::remove_dir_all(&dir);
+    fs::rename(&tmp, &dir)?;
+    Ok(dir)
 }
 
 fn losetup_detach(tools: &Tools, device: &str) {
