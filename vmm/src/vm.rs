@@ -61,6 +61,14 @@ pub enum VmEvent {
     Crashed(String),
     Paused,
     Resumed,
+    /// The guest wrote `value` to the boot-timer port (or MMIO page),
+    /// `elapsed` after this boot started (the first boot: after `Vm::start`).
+    /// Only the first 16 writes of each boot are reported. A guest's init
+    /// writing here is how a caller can tell that the guest reached init.
+    BootTimer {
+        value: u8,
+        elapsed: Duration,
+    },
     /// Final event: the VM is gone and its resources are released.
     Stopped(VmExit),
 }
@@ -568,7 +576,17 @@ impl Instance {
         } else {
             Instant::now()
         };
-        let boot_timer = Arc::new(BootTimer::new(t0));
+        // Weak: the timer lives inside `shared`, so a strong reference
+        // would keep the VM's state alive forever.
+        let weak = Arc::downgrade(shared);
+        let boot_timer = Arc::new(BootTimer::with_hook(
+            t0,
+            Box::new(move |value, elapsed| {
+                if let Some(sh) = weak.upgrade() {
+                    sh.emit(VmEvent::BootTimer { value, elapsed });
+                }
+            }),
+        ));
         let old = std::mem::replace(
             &mut *shared.boot_timer.lock().unwrap_or_else(|e| e.into_inner()),
             boot_timer.clone(),

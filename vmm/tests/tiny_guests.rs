@@ -76,7 +76,19 @@ msg: .asciz "Hello from the tiny guest\n"
     let t = vm.boot_timer_writes();
     assert_eq!(t.iter().map(|w| w.0).collect::<Vec<_>>(), vec![1, 2, 3]);
     assert!(t[0].1 <= t[1].1);
-    let evs: Vec<VmEvent> = events.try_iter().collect();
+    let all: Vec<VmEvent> = events.try_iter().collect();
+    let timer_values: Vec<u8> = all
+        .iter()
+        .filter_map(|e| match e {
+            VmEvent::BootTimer { value, .. } => Some(*value),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(timer_values, vec![1, 2, 3]);
+    let evs: Vec<VmEvent> = all
+        .into_iter()
+        .filter(|e| !matches!(e, VmEvent::BootTimer { .. }))
+        .collect();
     assert_eq!(
         evs,
         vec![
@@ -127,7 +139,7 @@ fn i8042_reset_stops_or_reboots() {
     while starts < 3 {
         match events.recv_timeout(TIMEOUT).expect("event") {
             VmEvent::Started => starts += 1,
-            VmEvent::Rebooted => {}
+            VmEvent::Rebooted | VmEvent::BootTimer { .. } => {}
             e => panic!("unexpected event {e:?}"),
         }
     }

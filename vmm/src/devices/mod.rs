@@ -44,12 +44,20 @@ impl Trigger for ResetLatch {
 }
 
 /// Records when the guest first wrote the boot-timer port, and every write.
+/// Called on the first few boot-timer writes of a boot (value, time).
+pub type BootTimerHook = Box<dyn Fn(u8, std::time::Duration) + Send + Sync>;
+
 pub struct BootTimer {
     start: Instant,
     /// Nanoseconds since start of the first write; 0 if none yet.
     first_ns: AtomicU64,
     writes: Mutex<Vec<(u8, std::time::Duration)>>,
+    hook: Option<BootTimerHook>,
 }
+
+/// Writes per boot passed to the hook; more would let a guest flood the
+/// event stream.
+const HOOKED_WRITES: usize = 16;
 
 impl BootTimer {
     pub fn new(start: Instant) -> Self {
@@ -57,6 +65,14 @@ impl BootTimer {
             start,
             first_ns: AtomicU64::new(0),
             writes: Mutex::new(Vec::new()),
+            hook: None,
+        }
+    }
+
+    pub fn with_hook(start: Instant, hook: BootTimerHook) -> Self {
+        BootTimer {
+            hook: Some(hook),
+            ..Self::new(start)
         }
     }
     pub fn record(&self, value: u8) {
@@ -67,10 +83,18 @@ impl BootTimer {
             Ordering::SeqCst,
             Ordering::SeqCst,
         );
-        let mut w = self.writes.lock().unwrap_or_else(|e| e.into_inner());
-        // Bounded: a guest looping on the port must not grow host memory.
-        if w.len() < 1024 {
-            w.push((value, el));
+        let n = {
+            let mut w = self.writes.lock().unwrap_or_else(|e| e.into_inner());
+            // Bounded: a guest looping on the port must not grow host memory.
+            if w.len() < 1024 {
+                w.push((value, el));
+            }
+            w.len()
+        };
+        if n <= HOOKED_WRITES
+            && let Some(h) = &self.hook
+        {
+            h(value, el);
         }
         tracing::info!(
             value,
