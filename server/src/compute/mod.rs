@@ -2,6 +2,7 @@
 //! into instance states in the store.
 
 pub mod engine;
+pub mod microvm;
 pub mod sandbox;
 
 use std::collections::HashMap;
@@ -83,22 +84,29 @@ impl Compute {
     pub fn new(choice: EngineChoice, data_dir: &Path) -> Compute {
         let host = host_facts();
         let hardware_kvm = host.kvm_present && !host.kvm_is_pvm && host.cpu_has_virt;
-        let (engine, unavailable): (Option<Arc<dyn Engine>>, Option<String>) = match choice {
+        let sandbox = || -> (Option<Arc<dyn Engine>>, Option<String>) {
+            match sandbox::SandboxEngine::new(data_dir) {
+                Ok(e) => (Some(Arc::new(e)), None),
+                Err(e) => (None, Some(e.to_string())),
+            }
+        };
+        let microvm = || -> (Option<Arc<dyn Engine>>, Option<String>) {
+            match microvm::MicrovmEngine::new() {
+                Ok(e) => (Some(Arc::new(e)), None),
+                Err(e) => (None, Some(e.to_string())),
+            }
+        };
+        let (engine, unavailable) = match choice {
             EngineChoice::None => (None, Some("ec2d was started with --engine none".into())),
-            EngineChoice::Microvm => (
-                None,
-                Some("the microvm engine is not wired into ec2d yet; use --engine sandbox".into()),
-            ),
-            EngineChoice::Sandbox | EngineChoice::Auto => {
-                if choice == EngineChoice::Auto && hardware_kvm {
-                    tracing::info!(
-                        "hardware KVM found, but the microvm engine is not wired in yet; using sandbox"
-                    );
-                }
-                match sandbox::SandboxEngine::new(data_dir) {
-                    Ok(e) => (Some(Arc::new(e)), None),
-                    Err(e) => (None, Some(e.to_string())),
-                }
+            EngineChoice::Microvm => microvm(),
+            EngineChoice::Sandbox => sandbox(),
+            EngineChoice::Auto if hardware_kvm => microvm(),
+            EngineChoice::Auto => {
+                tracing::info!(
+                    ?host,
+                    "no hardware KVM (or a PVM /dev/kvm): using the sandbox engine"
+                );
+                sandbox()
             }
         };
         let engine_name = engine

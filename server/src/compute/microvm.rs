@@ -1,0 +1,142 @@
+//! The microvm engine: one `vmm` VM per instance, its vCPU threads inside ec2d.
+//!
+//! The root volume is the first virtio-blk disk (`/dev/vda`), the AMI's kernel and initrd
+//! boot directly, and SMBIOS carries the instance's `ec2…` UUID so cloud-init treats the
+//! guest as EC2.
+
+use std::fs::OpenOptions;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::engine::{Engine, EngineError, EventSink, Machine, MachineEvent, MachineSpec};
+
+/// What GetConsoleOutput returns at most, as on EC2.
+const CONSOLE_BYTES: usize = 64 * 1024;
+
+pub struct MicrovmEngine;
+
+impl MicrovmEngine {
+    /// Available only on hardware KVM: a PVM-backed /dev/kvm runs stock kernels ~2000×
+    /// slower in kernel mode, and ec2d must not pick it.
+    pub fn new() -> Result<Self, EngineError> {
+        match vmm::detect_kvm() {
+            vmm::KvmKind::Hardware => Ok(MicrovmEngine),
+            vmm::KvmKind::Pvm => Err(EngineError::Unavailable(
+                "/dev/kvm is PVM (a software hypervisor); stock guest kernels cannot boot usefully on it".into(),
+            )),
+            vmm::KvmKind::Unavailable(why) => {
+                Err(EngineError::Unavailable(format!("/dev/kvm is not usable: {why}")))
+            }
+        }
+    }
+}
+
+struct MicroMachine {
+    vm: Arc<vmm::Vm>,
+}
+
+impl Engine for MicrovmEngine {
+    fn name(&self) -> &'static str {
+        "microvm"
+    }
+
+    fn launch(
+        &self,
+        spec: MachineSpec,
+        events: EventSink,
+    ) -> Result<Box<dyn Machine>, EngineError> {
+        let kernel = spec
+            .kernel
+            .clone()
+            .ok_or_else(|| EngineError::Launch("the image has no kernel for direct boot".into()))?;
+        std::fs::create_dir_all(&spec.state_dir)?;
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(spec.state_dir.join("console.log"))?;
+        // Unknown `key=value` kernel parameters reach init as environment variables, which
+        // is how the guest learns its identity before the network is up.
+        let mut cmdline = spec.cmdline.clone();
+        for (k, v) in &spec.init_env {
+            cmdline.push_str(&format!(" {k}={v}"));
+        }
+        let mut b = vmm::VmBuilder::new(kernel)
+            .vcpus(u8::try_from(spec.vcpus.clamp(1, 64)).unwrap_or(1))
+            .memory_mib(spec.memory_mib)
+            .cmdline(cmdline)
+            .disk(&spec.root_disk, false, spec.instance_id.clone())
+            .rng(true)
+            .console(vmm::Console::with_tee(CONSOLE_BYTES, Some(Box::new(log))))
+            .smbios(vmm::SmbiosIdentity {
+                uuid: Some(spec.smbios_uuid.clone()),
+                manufacturer: "Amazon EC2".into(),
+                product: "ec2d microvm".into(),
+                version: "1.0".into(),
+                serial: spec.smbios_uuid.clone(),
+                asset_tag: "Amazon EC2".into(),
+            })
+            .restart_on_reboot(true);
+        if let Some(initrd) = &spec.initrd {
+            b = b.initrd(initrd);
+        }
+        for d in &spec.disks {
+            b = b.disk(&d.path, d.read_only, d.serial.clone());
+        }
+        let vm = vmm::Vm::start(b.build()).map_err(|e| EngineError::Launch(e.to_string()))?;
+        let vm = Arc::new(vm);
+        let rx = vm.subscribe();
+        std::thread::Builder::new()
+            .name(format!("events-{}", spec.instance_id))
+            .spawn(move || {
+                let mut started = false;
+                for ev in rx {
+                    match ev {
+                        vmm::VmEvent::Started if !started => {
+                            started = true;
+                            events(MachineEvent::Started);
+                        }
+                        vmm::VmEvent::Rebooted => events(MachineEvent::Rebooted),
+                        vmm::VmEvent::Stopped(vmm::VmExit::Crashed(why)) => {
+                            events(MachineEvent::Crashed(why));
+                            break;
+                        }
+                        vmm::VmEvent::Stopped(_) => {
+                            events(MachineEvent::PoweredOff);
+                            break;
+                        }
+                        _ => {}
+                    }
+                }
+            })?;
+        Ok(Box::new(MicroMachine { vm }))
+    }
+
+    /// VMs live inside ec2d's own process, so a crash leaves nothing behind on the host.
+    fn cleanup_orphans(&self, _live: &[String]) -> Result<(), EngineError> {
+        Ok(())
+    }
+}
+
+impl Machine for MicroMachine {
+    fn shutdown(&self, grace: Duration) {
+        let vm = self.vm.clone();
+        // `shutdown` blocks for up to the grace period.
+        let _ = std::thread::Builder::new()
+            .name("vm-shutdown".into())
+            .spawn(move || {
+                vm.shutdown(grace);
+            });
+    }
+
+    fn kill(&self) {
+        self.vm.kill();
+    }
+
+    fn reboot(&self) {
+        self.vm.reboot();
+    }
+
+    fn console(&self) -> Vec<u8> {
+        self.vm.console().contents()
+    }
+}
