@@ -433,29 +433,82 @@ fn bad_root_volume_is_a_crash_and_leaves_host_clean() {
     assert_clean(&id, &fx.image);
 }
 
+/// Not a test on its own: the stand-in for an ec2d process that is SIGKILLed while a
+/// machine runs. `spawn_crashing_ec2d` runs it with EC2D_SANDBOX_CRASH_HELPER set.
 #[test]
-fn orphans_of_a_dropped_machine_are_cleaned_up_by_a_fresh_engine() {
+#[ignore]
+fn crash_helper() {
+    let Ok(args) = std::env::var("EC2D_SANDBOX_CRASH_HELPER") else {
+        return;
+    };
+    let mut parts = args.split('|');
+    let (Some(data_dir), Some(image), Some(id)) = (parts.next(), parts.next(), parts.next()) else {
+        panic!("bad EC2D_SANDBOX_CRASH_HELPER {args:?}");
+    };
+    let fx = Fixture {
+        _tmp: tempfile::tempdir().unwrap(),
+        data_dir: PathBuf::from(data_dir),
+        image: PathBuf::from(image),
+    };
+    let engine = SandboxEngine::new(&fx.data_dir).expect("engine");
+    let events = Arc::new(Events::default());
+    let _machine = engine.launch(spec(&fx, id), events.sink()).expect("launch");
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// Launches a machine from a separate process, waits for its ready line (in console.log,
+/// as a restarted ec2d would read it), then SIGKILLs that process: the machine's host
+/// objects are left with nobody supervising them.
+fn spawn_crashing_ec2d(fx: &Fixture, id: &str) {
+    let mut helper = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "crash_helper", "--ignored", "--nocapture"])
+        .env(
+            "EC2D_SANDBOX_CRASH_HELPER",
+            format!("{}|{}|{id}", fx.data_dir.display(), fx.image.display()),
+        )
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let ready = format!("ready: instance {id} is up");
+    let state_dir = spec(fx, id).state_dir;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let log = console_log_tail(&state_dir).unwrap_or_default();
+        if String::from_utf8_lossy(&log).contains(&ready) {
+            break;
+        }
+        if let Ok(Some(status)) = helper.try_wait() {
+            panic!("crash helper exited early: {status}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "helper's machine never got ready"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    helper.kill().unwrap();
+    helper.wait().unwrap();
+    assert!(
+        !host_leftovers(id, &fx.image).is_empty(),
+        "the machine should outlive its ec2d"
+    );
+}
+
+#[test]
+fn orphans_of_a_crashed_ec2d_are_cleaned_up_by_a_fresh_engine() {
     let Some((fx, engine)) = setup(INIT) else {
         return;
     };
-    let id = instance_id();
-    let events = Arc::new(Events::default());
-    let machine = engine
-        .launch(spec(&fx, &id), events.sink())
-        .expect("launch");
-    wait_console(
-        machine.as_ref(),
-        &format!("ready: instance {id} is up"),
-        1,
-        Duration::from_secs(10),
-    );
-    // As after an ec2d crash: nobody holds the machine, its host objects remain.
-    drop(machine);
     drop(engine);
-    assert!(
-        !host_leftovers(&id, &fx.image).is_empty(),
-        "dropping the handle must not stop the machine"
+    let id = instance_id();
+    spawn_crashing_ec2d(&fx, &id);
+    eprintln!(
+        "left by the crash:\n{}",
+        host_leftovers(&id, &fx.image).join("\n")
     );
+
     let fresh = SandboxEngine::new(&fx.data_dir).expect("engine");
     // Another live machine's objects must survive the cleanup.
     let other = instance_id();
@@ -489,6 +542,45 @@ fn orphans_of_a_dropped_machine_are_cleaned_up_by_a_fresh_engine() {
         e.contains(&MachineEvent::PoweredOff)
     });
     assert_clean(&other, &other_image);
+}
+
+#[test]
+fn relaunch_after_a_crash_replaces_the_leftovers_and_refuses_duplicates() {
+    let Some((fx, engine)) = setup(INIT) else {
+        return;
+    };
+    let id = instance_id();
+    spawn_crashing_ec2d(&fx, &id);
+    // No cleanup_orphans call: launch itself clears what the crashed run left.
+    let events = Arc::new(Events::default());
+    let machine = engine
+        .launch(spec(&fx, &id), events.sink())
+        .expect("relaunch");
+    let ready = format!("ready: instance {id} is up");
+    wait_console(machine.as_ref(), &ready, 1, Duration::from_secs(10));
+    let unshares = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|p| p.parse::<u32>().is_ok())
+                && std::fs::read(e.path().join("cmdline"))
+                    .map(|c| is_tagged(&c, &id))
+                    .unwrap_or(false)
+        })
+        .count();
+    assert_eq!(unshares, 1, "the crashed run's processes must be gone");
+    let dup = engine.launch(spec(&fx, &id), events.sink());
+    assert!(
+        matches!(&dup, Err(EngineError::Launch(m)) if m.contains("already running")),
+        "second launch of a running id must fail"
+    );
+    machine.shutdown(Duration::from_secs(5));
+    events.wait("PoweredOff", Duration::from_secs(7), |e| {
+        e.contains(&MachineEvent::PoweredOff)
+    });
+    assert_clean(&id, &fx.image);
 }
 
 /// The tiny AMI's own init (fixtures/tiny/init), in the throwaway image: its console and
@@ -628,15 +720,22 @@ fn many_machines() {
     }
 }
 
+/// Whether a NUL-separated command line carries the engine's tag for `id`
+/// (`ec2d-sandbox:<scope>:<id>`).
+fn is_tagged(cmdline: &[u8], id: &str) -> bool {
+    let suffix = format!(":{id}");
+    cmdline.split(|&b| b == 0).any(|a| {
+        let a = String::from_utf8_lossy(a);
+        a.starts_with("ec2d-sandbox:") && a.ends_with(&suffix)
+    })
+}
+
 /// The `unshare` process of a machine, found the way an outsider would.
 fn unshare_pid(id: &str) -> Option<u32> {
-    let tag = format!("ec2d-sandbox:{id}");
     std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
         let pid: u32 = e.file_name().to_str()?.parse().ok()?;
         let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-        let argv: Vec<&[u8]> = cmd.split(|&b| b == 0).collect();
-        let is_unshare = argv.first()?.ends_with(b"unshare");
-        let tagged = argv.contains(&tag.as_bytes());
-        (is_unshare && tagged).then_some(pid)
+        let is_unshare = cmd.split(|&b| b == 0).next()?.ends_with(b"unshare");
+        (is_unshare && is_tagged(&cmd, id)).then_some(pid)
     })
 }

@@ -9,7 +9,7 @@
 //!
 //! ```text
 //! ec2d
-//!  └─ unshare --fork --kill-child …   argv carries `ec2d-sandbox:<instance id>`
+//!  └─ unshare --fork --kill-child …   argv carries `ec2d-sandbox:<scope>:<instance id>`
 //!      └─ /sbin/init (PID 1 of the new pid namespace; it was the setup script until exec)
 //! ```
 //!
@@ -19,8 +19,10 @@
 //!
 //! Host objects are named after the instance id so that [`SandboxEngine::cleanup_orphans`]
 //! finds them after an ec2d crash:
-//! - processes: `ec2d-sandbox:<id>` in the argv of `unshare` (and the setup script);
-//! - cgroups: `/sys/fs/cgroup/{cpu,memory,pids}/ec2d/<id>` (every process of the machine);
+//! - processes: `ec2d-sandbox:<scope>:<id>` in the argv of `unshare` (and the setup
+//!   script), where the scope is a hash of the data directory;
+//! - cgroups: `/sys/fs/cgroup/{cpu,memory,pids}/ec2d/<id>` (every process of the machine),
+//!   removed only when recorded in our data directory or holding one of our processes;
 //! - loop devices and mount points: recorded in `<data_dir>/sandbox/<id>.json` while the
 //!   machine exists; as a fallback, any loop device backed by a file under the data
 //!   directory that no live machine's record claims is detached.
@@ -53,7 +55,8 @@ const CONSOLE_LOG_KEEP: usize = 256 * 1024;
 /// Printed by the setup script right before it execs init. Only looked for before init
 /// runs (the guest cannot forge it then), and stripped from the console.
 const EXEC_MARKER: &[u8] = b"\x1eec2d-sandbox-exec\n";
-/// Prefix of argv[0] of the setup script; followed by the instance id.
+/// Prefix of argv[0] of the setup script (so also in `unshare`'s argv); followed by
+/// `<scope>:<instance id>`.
 const ARGV_TAG: &str = "ec2d-sandbox:";
 /// How long a guest has to act on a reboot request before it is reset, as EC2 does after
 /// "a few minutes".
@@ -119,6 +122,9 @@ struct Tools {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Record {
     instance_id: String,
+    /// Every file this machine attaches, written before any is attached, so that a
+    /// concurrent cleanup never mistakes a half-launched machine's loop devices for strays.
+    backings: Vec<PathBuf>,
     rootfs: PathBuf,
     identity: PathBuf,
     loops: Vec<LoopDev>,
@@ -136,9 +142,14 @@ pub struct SandboxEngine {
     records_dir: PathBuf,
     /// A directory of device nodes and links copied into each guest's /dev.
     dev_template: PathBuf,
+    /// Names this engine's processes (a hash of the data directory), so that several
+    /// ec2d on one host, each with its own data directory, leave each other's alone.
+    scope: String,
     tools: Tools,
     /// Whether cgroup v1 cpu/memory/pids hierarchies are mounted where we expect them.
     cgroups_usable: bool,
+    /// Ids of the machines this engine supervises (launched and not yet gone).
+    running: Arc<Mutex<BTreeSet<String>>>,
     /// The "cgroups unavailable" warning is logged once per engine, not per launch.
     cgroup_warned: Arc<AtomicBool>,
 }
@@ -205,6 +216,7 @@ impl SandboxEngine {
         let records_dir = data_dir.join("sandbox");
         fs::create_dir_all(&records_dir)?;
         let dev_template = make_dev_template(&records_dir)?;
+        let scope = scope_of(&data_dir);
         let cgroups_usable = Path::new(CGROUP_ROOT).join("cpu/cpu.cfs_quota_us").exists()
             && Path::new(CGROUP_ROOT)
                 .join("memory/memory.limit_in_bytes")
@@ -214,8 +226,10 @@ impl SandboxEngine {
             data_dir,
             records_dir,
             dev_template,
+            scope,
             tools,
             cgroups_usable,
+            running: Arc::new(Mutex::new(BTreeSet::new())),
             cgroup_warned: Arc::new(AtomicBool::new(false)),
         };
         if !cgroups_usable {
@@ -323,6 +337,17 @@ impl Engine for SandboxEngine {
         if !valid_id(&id) {
             return Err(EngineError::Launch(format!("invalid instance id {id:?}")));
         }
+        let mut claim = Claim::new(&self.running, &id)?;
+        // Objects under this id that no machine of ours owns are left from an earlier
+        // ec2d; they would share the cgroups (and the volume) with the new machine.
+        let stale = self.record_path(&id).exists()
+            || CGROUP_CONTROLLERS
+                .iter()
+                .any(|c| cgroup_dir(c, &id).exists());
+        if stale {
+            tracing::info!(instance = %id, "removing leftovers of an earlier run before launch");
+            self.remove_leftovers(&|x| x == id, false);
+        }
         fs::create_dir_all(&spec.state_dir)?;
         let state_dir = fs::canonicalize(&spec.state_dir)?;
         // Both paths end up in an overlayfs option string, where these are separators.
@@ -344,8 +369,33 @@ impl Engine for SandboxEngine {
             EngineError::Launch(format!("root volume {}: {e}", spec.root_disk.display()))
         })?;
 
+        let mut disks = Vec::new();
+        for disk in &spec.disks {
+            let name = disk
+                .device_name
+                .strip_prefix("/dev/")
+                .unwrap_or(&disk.device_name)
+                .to_string();
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+            {
+                return Err(EngineError::Launch(format!(
+                    "invalid device name {:?}",
+                    disk.device_name
+                )));
+            }
+            let path = fs::canonicalize(&disk.path)
+                .map_err(|e| EngineError::Launch(format!("volume {}: {e}", disk.path.display())))?;
+            disks.push((name, path, disk.read_only));
+        }
+
         let mut record = Record {
             instance_id: id.clone(),
+            backings: std::iter::once(root_disk.clone())
+                .chain(disks.iter().map(|(_, p, _)| p.clone()))
+                .collect(),
             rootfs: rootfs.clone(),
             identity: identity.clone(),
             loops: Vec::new(),
@@ -353,34 +403,18 @@ impl Engine for SandboxEngine {
         };
         // From here on, a failure must undo what was made: the teardown below does.
         let setup = (|| -> Result<String, EngineError> {
+            write_record(&self.record_path(&id), &record)?;
             record.loops.push(self.losetup_attach(&root_disk, false)?);
             let mut disk_nodes = String::new();
-            for disk in &spec.disks {
-                let name = disk
-                    .device_name
-                    .strip_prefix("/dev/")
-                    .unwrap_or(&disk.device_name)
-                    .to_string();
-                if name.is_empty()
-                    || !name
-                        .chars()
-                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-                {
-                    return Err(EngineError::Launch(format!(
-                        "invalid device name {:?}",
-                        disk.device_name
-                    )));
-                }
-                let path = fs::canonicalize(&disk.path).map_err(|e| {
-                    EngineError::Launch(format!("volume {}: {e}", disk.path.display()))
-                })?;
-                let dev = self.losetup_attach(&path, disk.read_only)?;
-                let (major, minor) = loop_numbers(&dev.device)?;
-                let mode = if disk.read_only { "440" } else { "660" };
+            for (name, path, read_only) in &disks {
+                let dev = self.losetup_attach(path, *read_only)?;
+                let numbers = loop_numbers(&dev.device);
+                record.loops.push(dev);
+                let (major, minor) = numbers?;
+                let mode = if *read_only { "440" } else { "660" };
                 disk_nodes.push_str(&format!(
                     "mknod -m {mode} \"$D/{name}\" b {major} {minor}\n"
                 ));
-                record.loops.push(dev);
             }
             record.cgroups = self.create_cgroups(&spec);
             write_record(&self.record_path(&id), &record)?;
@@ -402,6 +436,8 @@ impl Engine for SandboxEngine {
             record,
             disk_nodes,
             dev_template: self.dev_template.clone(),
+            scope: self.scope.clone(),
+            running: Arc::clone(&self.running),
             events,
             ctl: Mutex::new(Ctl::default()),
             changed: Condvar::new(),
@@ -428,12 +464,23 @@ impl Engine for SandboxEngine {
                 kill_now(&ctl);
                 EngineError::Launch(format!("cannot start supervisor thread: {e}"))
             })?;
+        claim.keep();
         tracing::info!(instance = %id, "sandbox machine launching");
         Ok(Box::new(SandboxMachine { inner }))
     }
 
     fn cleanup_orphans(&self, live: &[String]) -> Result<(), EngineError> {
         let live: BTreeSet<&str> = live.iter().map(String::as_str).collect();
+        self.remove_leftovers(&|id| !live.contains(id), true);
+        Ok(())
+    }
+}
+
+impl SandboxEngine {
+    /// Removes the host objects of every machine for which `doomed(id)` holds. With
+    /// `strays`, also detaches loop devices backed by files under the data directory that
+    /// no surviving machine's record claims.
+    fn remove_leftovers(&self, doomed: &dyn Fn(&str) -> bool, strays: bool) {
         let mut records = Vec::new();
         let mut live_backings = BTreeSet::new();
         if let Ok(dir) = fs::read_dir(&self.records_dir) {
@@ -450,8 +497,8 @@ impl Engine for SandboxEngine {
                     let _ = fs::remove_file(&path);
                     continue;
                 };
-                if live.contains(record.instance_id.as_str()) {
-                    live_backings.extend(record.loops.iter().map(|l| l.backing.clone()));
+                if !doomed(&record.instance_id) {
+                    live_backings.extend(record.backings.iter().cloned());
                 } else {
                     records.push((path, record));
                 }
@@ -459,18 +506,23 @@ impl Engine for SandboxEngine {
         }
 
         // Processes: kill the unshare/setup processes (the kernel then kills each
-        // namespace through --kill-child) and everything left in the cgroups.
+        // namespace through --kill-child) and everything left in the cgroups. Only
+        // machines of this data directory (its scope in the argv tag) are ours: another
+        // ec2d on the same host keeps its machines.
         let mut victims = BTreeSet::new();
+        let mut tagged_ids = BTreeSet::new();
+        let our_prefix = format!("{ARGV_TAG}{}:", self.scope);
         for (pid, argv) in processes() {
-            if let Some(id) = argv
-                .iter()
-                .find_map(|a| a.strip_prefix(ARGV_TAG))
-                .filter(|id| !live.contains(id))
+            if let Some(id) = argv.iter().find_map(|a| a.strip_prefix(&our_prefix))
+                && doomed(id)
             {
                 tracing::info!(pid, instance = id, "killing orphaned sandbox process");
                 victims.insert(pid);
+                tagged_ids.insert(id.to_string());
             }
         }
+        let recorded_ids: BTreeSet<String> =
+            records.iter().map(|(_, r)| r.instance_id.clone()).collect();
         let mut dead_cgroups = Vec::new();
         for ctrl in CGROUP_CONTROLLERS {
             let parent = Path::new(CGROUP_ROOT).join(ctrl).join(CGROUP_PARENT);
@@ -479,7 +531,9 @@ impl Engine for SandboxEngine {
             };
             for entry in dir.flatten() {
                 let name = entry.file_name().to_string_lossy().to_string();
-                if entry.path().is_dir() && !live.contains(name.as_str()) {
+                // A cgroup is ours if we recorded it or one of our processes is in it.
+                let ours = recorded_ids.contains(&name) || tagged_ids.contains(&name);
+                if entry.path().is_dir() && doomed(&name) && ours {
                     victims.extend(cgroup_pids(&entry.path()));
                     dead_cgroups.push(entry.path());
                 }
@@ -521,12 +575,13 @@ impl Engine for SandboxEngine {
         // the data directory that no live machine claims (a record lost in a crash).
         let dead_backings: BTreeSet<PathBuf> = records
             .iter()
-            .flat_map(|(_, r)| r.loops.iter().map(|l| l.backing.clone()))
+            .flat_map(|(_, r)| r.backings.iter().cloned())
             .collect();
         let data_dir = fs::canonicalize(&self.data_dir).unwrap_or(self.data_dir.clone());
         for (device, backing) in loop_devices(&self.tools) {
             let claimed_dead = dead_backings.contains(&backing);
-            let stray = backing.starts_with(&data_dir) && !live_backings.contains(&backing);
+            let stray =
+                strays && backing.starts_with(&data_dir) && !live_backings.contains(&backing);
             if claimed_dead || stray {
                 tracing::info!(%device, backing = %backing.display(), "detaching orphaned loop device");
                 losetup_detach(&self.tools, &device);
@@ -534,14 +589,13 @@ impl Engine for SandboxEngine {
         }
 
         for cg in &dead_cgroups {
-            remove_cgroup(cg);
+            remove_cgroup(cg, true);
         }
         for (path, record) in &records {
             let _ = fs::remove_dir(&record.rootfs);
             let _ = fs::remove_dir_all(&record.identity);
             let _ = fs::remove_file(path);
         }
-        Ok(())
     }
 }
 
@@ -578,6 +632,9 @@ struct Inner {
     record: Record,
     disk_nodes: String,
     dev_template: PathBuf,
+    scope: String,
+    /// The engine's set of machine ids it supervises; this one leaves it when gone.
+    running: Arc<Mutex<BTreeSet<String>>>,
     events: EventSink,
     ctl: Mutex<Ctl>,
     changed: Condvar,
@@ -634,7 +691,7 @@ impl Inner {
         let mut cmd = Command::new(&self.tools.sh);
         cmd.arg("-c")
             .arg(OUTER_SCRIPT)
-            .arg(format!("{ARGV_TAG}{}", spec.instance_id))
+            .arg(format!("{ARGV_TAG}{}:{}", self.scope, spec.instance_id))
             .args(&env_words)
             .env_clear()
             .env("PATH", SAFE_PATH)
@@ -703,6 +760,7 @@ impl Inner {
             ctl.gone = true;
             self.changed.notify_all();
         }
+        lock_set(&self.running).remove(&id);
         tracing::info!(instance = %id, event = ?terminal, "sandbox machine gone");
         (self.events)(terminal);
     }
@@ -785,6 +843,45 @@ impl Inner {
     fn signal_init(&self, ctl: &Ctl, sig: Signal) {
         if let Some(pid) = ctl.unshare_pid.and_then(init_pid) {
             let _ = send_signal(Pid::from_raw(pid), sig);
+        }
+    }
+}
+
+fn lock_set(set: &Mutex<BTreeSet<String>>) -> MutexGuard<'_, BTreeSet<String>> {
+    set.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// An instance id reserved in the engine's running set for the duration of a launch;
+/// released on drop unless the launch succeeded (the supervisor releases it then).
+struct Claim<'a> {
+    set: &'a Mutex<BTreeSet<String>>,
+    id: String,
+    kept: bool,
+}
+
+impl<'a> Claim<'a> {
+    fn new(set: &'a Mutex<BTreeSet<String>>, id: &str) -> Result<Self, EngineError> {
+        if !lock_set(set).insert(id.to_string()) {
+            return Err(EngineError::Launch(format!(
+                "machine {id} is already running"
+            )));
+        }
+        Ok(Claim {
+            set,
+            id: id.to_string(),
+            kept: false,
+        })
+    }
+
+    fn keep(&mut self) {
+        self.kept = true;
+    }
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        if !self.kept {
+            lock_set(self.set).remove(&self.id);
         }
     }
 }
@@ -1029,7 +1126,7 @@ fn teardown(tools: &Tools, record_path: &Path, record: &Record) {
         losetup_detach(tools, &dev.device);
     }
     for cg in &record.cgroups {
-        remove_cgroup(cg);
+        remove_cgroup(cg, false);
     }
     let _ = fs::remove_dir(&record.rootfs);
     let _ = fs::remove_dir_all(&record.identity);
@@ -1130,8 +1227,10 @@ fn losetup_detach(tools: &Tools, device: &str) {
 }
 
 /// Removes a cgroup once its last process has gone (rmdir fails with EBUSY until then).
-fn remove_cgroup(dir: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(2);
+/// With `kill`, whatever is still inside is SIGKILLed; without (a teardown after our own
+/// processes were reaped), anything inside belongs to someone else and is left alone.
+fn remove_cgroup(dir: &Path, kill: bool) {
+    let deadline = Instant::now() + Duration::from_millis(if kill { 2000 } else { 200 });
     loop {
         match fs::remove_dir(dir) {
             Ok(()) => return,
@@ -1141,8 +1240,10 @@ fn remove_cgroup(dir: &Path) {
                     tracing::warn!(cgroup = %dir.display(), "cannot remove cgroup: {e}");
                     return;
                 }
-                for pid in cgroup_pids(dir) {
-                    let _ = send_signal(Pid::from_raw(pid), Signal::SIGKILL);
+                if kill {
+                    for pid in cgroup_pids(dir) {
+                        let _ = send_signal(Pid::from_raw(pid), Signal::SIGKILL);
+                    }
                 }
                 std::thread::sleep(Duration::from_millis(10));
             }
@@ -1271,6 +1372,18 @@ fn loop_numbers(device: &str) -> Result<(u32, u32), EngineError> {
         Some((a.parse().ok()?, b.parse().ok()?))
     };
     parse().ok_or_else(|| EngineError::Launch(format!("cannot read device numbers of {device}")))
+}
+
+/// FNV-1a of the canonical data directory, as 12 hex digits: short, stable, and not
+/// needing a hash crate.
+fn scope_of(data_dir: &Path) -> String {
+    let path = fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in path.as_os_str().as_encoded_bytes() {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{:012x}", hash >> 16)
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
