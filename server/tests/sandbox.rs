@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use ec2d::compute::engine::{Engine, EngineError, EventSink, MachineEvent, MachineSpec};
+use ec2d::compute::engine::{DiskSpec, Engine, EngineError, EventSink, MachineEvent, MachineSpec};
 use ec2d::compute::sandbox::{SandboxEngine, console_log_tail};
 
 const INIT: &str = r#"#!/bin/sh
@@ -22,6 +22,7 @@ trap 'echo "tiny: rebooting"; exit 129' TERM HUP
 echo "uuid=$(cat /sys/class/dmi/id/product_uuid)"
 echo "hostname=$(hostname)"
 echo "pid=$$"
+[ -b /dev/sdf ] && echo "disk sdf: $(head -c 9 /dev/sdf)"
 echo "ready: instance $ec2d_instance_id is up"
 while :; do sleep 1 & wait $!; done
 "#;
@@ -273,7 +274,18 @@ fn lifecycle_boot_reboot_shutdown_leaves_host_clean() {
         return;
     };
     let id = instance_id();
-    let spec = spec(&fx, &id);
+    let mut spec = spec(&fx, &id);
+    // An extra volume shows up as a block device under its EC2 device name.
+    let data_disk = fx.data_dir.join("volumes/vol-data.img");
+    let mut bytes = b"data-disk".to_vec();
+    bytes.resize(1 << 20, 0);
+    std::fs::write(&data_disk, bytes).unwrap();
+    spec.disks.push(DiskSpec {
+        path: data_disk.clone(),
+        read_only: true,
+        device_name: "/dev/sdf".to_string(),
+        serial: "vol-data".to_string(),
+    });
     let events = Arc::new(Events::default());
     let t0 = Instant::now();
     let machine = engine.launch(spec.clone(), events.sink()).expect("launch");
@@ -294,6 +306,7 @@ fn lifecycle_boot_reboot_shutdown_leaves_host_clean() {
     );
     // PID 1 of its own pid namespace.
     assert!(text.contains("pid=1\n"), "{text}");
+    assert!(text.contains("disk sdf: data-disk"), "{text}");
     assert!(!text.contains("ec2d-sandbox-exec"), "marker leaked: {text}");
 
     // Limits from the spec, when this host has cgroup v1.
@@ -349,6 +362,7 @@ fn lifecycle_boot_reboot_shutdown_leaves_host_clean() {
     let log = String::from_utf8_lossy(&console_log_tail(&spec.state_dir).unwrap()).into_owned();
     assert_eq!(count(&log, &ready), 2, "{log}");
     assert_clean(&id, &fx.image);
+    assert_clean(&id, &data_disk);
 }
 
 #[test]

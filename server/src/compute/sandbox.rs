@@ -459,9 +459,11 @@ impl Engine for SandboxEngine {
             .name(format!("sandbox-{id}"))
             .spawn(move || supervisor.supervise(child, reader))
             .map_err(|e| {
-                // Without a supervisor nobody would reap or clean up: stop it now.
-                let ctl = inner.lock_ctl();
-                kill_now(&ctl);
+                // Without a supervisor nobody would reap or clean up: stop it now. The
+                // loop devices may still be busy for a moment; `losetup -d` then marks
+                // them to detach on release.
+                kill_now(&inner.lock_ctl());
+                teardown(&inner.tools, &inner.record_path, &inner.record);
                 EngineError::Launch(format!("cannot start supervisor thread: {e}"))
             })?;
         claim.keep();
@@ -578,7 +580,7 @@ impl SandboxEngine {
             .flat_map(|(_, r)| r.backings.iter().cloned())
             .collect();
         let data_dir = fs::canonicalize(&self.data_dir).unwrap_or(self.data_dir.clone());
-        for (device, backing) in loop_devices(&self.tools) {
+        for (device, backing) in loop_devices() {
             let claimed_dead = dead_backings.contains(&backing);
             let stray =
                 strays && backing.starts_with(&data_dir) && !live_backings.contains(&backing);
@@ -1346,7 +1348,7 @@ fn unescape_mountinfo(s: &str) -> String {
 
 /// `(device, backing file)` of every attached loop device, from sysfs (losetup's own
 /// source, and not limited to the kernel's 64-byte `lo_file_name`).
-fn loop_devices(_tools: &Tools) -> Vec<(String, PathBuf)> {
+fn loop_devices() -> Vec<(String, PathBuf)> {
     let Ok(dir) = fs::read_dir("/sys/block") else {
         return Vec::new();
     };
