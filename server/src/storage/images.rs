@@ -177,6 +177,7 @@ impl Storage {
         let build = self.recipe(name)?;
         let out = Command::new("bash")
             .arg(&build)
+            .args(self.boot_files.then_some("--with-kernel"))
             .arg("--print-version")
             .output()
             .map_err(|e| StorageError::io("run", &build, e))?;
@@ -246,6 +247,7 @@ impl Storage {
         let started = Instant::now();
         let out = Command::new("bash")
             .arg(&build)
+            .args(self.boot_files.then_some("--with-kernel"))
             .arg("--cache")
             .arg(&cache)
             .arg(&tmp)
@@ -256,8 +258,13 @@ impl Storage {
             let _ = fs::remove_dir_all(&tmp);
             return Err(StorageError::Command {
                 command: format!(
-                    "bash {} --cache {} {}",
+                    "bash {}{} --cache {} {}",
                     build.display(),
+                    if self.boot_files {
+                        " --with-kernel"
+                    } else {
+                        ""
+                    },
                     cache.display(),
                     tmp.display()
                 ),

@@ -70,6 +70,8 @@ pub struct Storage {
     root: PathBuf,
     /// Recipes directory override; `None` means [`locate_fixtures`].
     fixtures: Option<PathBuf>,
+    /// Build built-in AMIs with a kernel and initrd (`build --with-kernel`), for the microVM engine.
+    boot_files: bool,
     /// Serialises built-in AMI builds within the process (a file lock covers other processes).
     build_lock: Mutex<()>,
     /// Image directories whose root image hash was already checked by this process.
@@ -109,6 +111,7 @@ impl Storage {
         let storage = Storage {
             root,
             fixtures: None,
+            boot_files: false,
             build_lock: Mutex::new(()),
             verified: Mutex::new(HashSet::new()),
         };
@@ -119,6 +122,14 @@ impl Storage {
     /// Uses `dir` as the recipes directory instead of searching for it.
     pub fn with_fixtures_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.fixtures = Some(dir.into());
+        self
+    }
+
+    /// Builds (and looks up) built-in AMIs with their kernel and initrd, which the microVM engine
+    /// boots; without this they hold only the root image, enough for the sandbox engine. The two
+    /// variants have different recipe versions and are cached side by side.
+    pub fn with_boot_files(mut self, yes: bool) -> Self {
+        self.boot_files = yes;
         self
     }
 

@@ -405,3 +405,27 @@ fn builds_tiny_ami_for_real() {
     assert_eq!(rebuilt.manifest, image.manifest);
     fsck_clean(&rebuilt.root_image);
 }
+
+/// The microVM variant: also downloads Debian's cloud kernel (about 26 MB), so it only runs when
+/// asked for (`cargo test -- --ignored`), ideally with `EC2D_BUILD_CACHE` set.
+#[test]
+#[ignore = "downloads the Debian cloud kernel"]
+fn builds_tiny_ami_with_boot_files() {
+    let (_dir, s) = storage();
+    let s = s.with_fixtures_dir(fixtures()).with_boot_files(true);
+    let image = s.ensure_builtin("tiny").expect("build tiny with kernel");
+    assert!(image.manifest.version.ends_with("-k"));
+    let kernel = image.kernel.as_ref().expect("kernel");
+    let initrd = image.initrd.as_ref().expect("initrd");
+    assert!(fs::metadata(kernel).expect("kernel").len() > MIB);
+    assert!(fs::metadata(initrd).expect("initrd").len() > 100 * 1024);
+    assert!(image.manifest.kernel_cmdline.is_some());
+    assert!(
+        image
+            .manifest
+            .built_from
+            .iter()
+            .any(|p| p.starts_with("linux-image-"))
+    );
+    fsck_clean(&image.root_image);
+}
