@@ -203,16 +203,18 @@ def test_run_instances_errors(c, tiny):
 
 def test_cli_scenario(server, tiny):
     """The README's aws-cli path: run, describe, console, terminate."""
-    out = harness.aws(server.url, "ec2", "run-instances", "--image-id", tiny, "--instance-type", "t3.micro",
-                      "--count", "1", "--query", "Instances[0].InstanceId", "--output", "text")
+    rc, out, err, _ = harness.aws(server.url, "run-instances", "--image-id", tiny, "--instance-type", "t3.micro",
+                                  "--count", "1", "--query", "Instances[0].InstanceId", "--output", "text")
+    assert rc == 0, err
     iid = out.strip()
     c = harness.client(server.url)
     wait_state(c, iid, "running")
     wait_console(c, iid, f"ec2d-tiny: instance {iid} ready")
-    text = harness.aws(server.url, "ec2", "get-console-output", "--instance-id", iid, "--output", "text",
-                       "--query", "Output")
-    assert f"instance {iid} ready" in text
-    harness.aws(server.url, "ec2", "terminate-instances", "--instance-ids", iid)
+    rc, text, err, _ = harness.aws(server.url, "get-console-output", "--instance-id", iid, "--output", "text",
+                                   "--query", "Output")
+    assert rc == 0 and f"instance {iid} ready" in text, (rc, text, err)
+    rc, _, err, _ = harness.aws(server.url, "terminate-instances", "--instance-ids", iid)
+    assert rc == 0, err
     wait_state(c, iid, "terminated")
 
 

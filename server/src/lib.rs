@@ -8,6 +8,5 @@ pub mod http;
 pub mod model;
 pub mod protocol;
 pub mod regions;
-#[path = "storage_stub.rs"]
 pub mod storage;
 pub mod store;

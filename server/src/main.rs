@@ -81,7 +81,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Images(args) => {
-            let storage = Storage::new(&args.data_dir);
+            let storage = match Storage::new(&args.data_dir) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("ec2d: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
             let mut ok = true;
             for (recipe, name, _) in ec2d::api::images::BUILTINS {
                 match storage.ensure_builtin(recipe) {
@@ -138,7 +144,7 @@ fn run_serve(args: ServeArgs) -> Result<(), String> {
     let store =
         Arc::new(Store::open(&args.data_dir.join("ec2d.sqlite")).map_err(|e| e.to_string())?);
     let compute = Arc::new(Compute::new(args.engine, &args.data_dir));
-    let storage = Arc::new(Storage::new(&args.data_dir));
+    let storage = Arc::new(Storage::new(&args.data_dir).map_err(|e| e.to_string())?);
     let api = Api::new(store, compute.clone(), storage);
     match ec2d::api::instances::reconcile(&api) {
         Ok(0) => {}

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::api::common::{
-    apply_tag_specs, bool_str, check_id, matches, new_id, paginate, tag_set, validate_filters,
+    apply_tag_specs, bool_str, check_id, matches, new_id, paginate, validate_filters,
 };
 use crate::api::{Ctx, instances, volumes};
 use crate::error::ApiError;
@@ -191,7 +191,11 @@ pub fn resolve_for_launch(ctx: &Ctx, image_id: &str) -> Result<LaunchImage, ApiE
     let snap = root.snapshot_id.clone().unwrap_or_default();
     Ok(LaunchImage {
         image: rec.image.clone(),
-        root_source: ctx.api.storage.snapshot_path(&snap),
+        root_source: ctx
+            .api
+            .storage
+            .snapshot_path(&snap)
+            .map_err(|e| ApiError::internal(format!("snapshot {snap}: {e}")))?,
         root_device,
         root_size_gib: root.volume_size.unwrap_or(1),
         kernel: rec.kernel,
@@ -710,9 +714,4 @@ pub fn modify_image_attribute(
     }
     ctx.tx.update(KIND, &input.image_id, &rec)?;
     Ok(())
-}
-
-/// Tags of an own image, for the rare places that show them.
-pub fn image_tags(ctx: &Ctx, id: &str) -> Result<Option<Vec<crate::model::Tag>>, ApiError> {
-    tag_set(ctx.tx, id)
 }

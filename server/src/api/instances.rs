@@ -574,7 +574,7 @@ pub fn run_instances(ctx: &Ctx, input: RunInstancesRequest) -> Result<Reservatio
                     .collect()
             });
         apply_tag_specs(ctx.tx, &id, "instance", inst_tags.as_ref())?;
-        schedule_launch(ctx, &rec, image.kernel.clone(), image.initrd.clone());
+        schedule_launch(ctx, &rec, image.kernel.clone(), image.initrd.clone())?;
         let mut shown = rec.instance.clone();
         shown.tags = crate::api::common::tag_set(ctx.tx, &id)?;
         instances.push(shown);
@@ -612,7 +612,7 @@ fn machine_spec(
     rec: &InstanceRecord,
     kernel: Option<std::path::PathBuf>,
     initrd: Option<std::path::PathBuf>,
-) -> MachineSpec {
+) -> Result<MachineSpec, ApiError> {
     let id = rec.id();
     let root_vol = rec
         .instance
@@ -630,13 +630,18 @@ fn machine_spec(
         .next()
         .unwrap_or_default()
         .to_string();
-    MachineSpec {
+    let root_disk = ctx
+        .api
+        .storage
+        .volume_path(&root_vol)
+        .map_err(|e| ApiError::internal(format!("root volume of {id}: {e}")))?;
+    Ok(MachineSpec {
         instance_id: id.clone(),
         vcpus: rec.vcpus,
         memory_mib: rec.memory_mib,
         hostname: hostname.clone(),
         smbios_uuid: rec.smbios_uuid.clone(),
-        root_disk: ctx.api.storage.volume_path(&root_vol),
+        root_disk,
         disks: Vec::new(),
         kernel,
         initrd,
@@ -646,7 +651,7 @@ fn machine_spec(
             ("ec2d_hostname".into(), hostname),
         ],
         state_dir: ctx.api.compute.state_dir(&id),
-    }
+    })
 }
 
 /// Starts the instance's machine once the records are committed.
@@ -655,8 +660,8 @@ fn schedule_launch(
     rec: &InstanceRecord,
     kernel: Option<std::path::PathBuf>,
     initrd: Option<std::path::PathBuf>,
-) {
-    let spec = machine_spec(ctx, rec, kernel, initrd);
+) -> Result<(), ApiError> {
+    let spec = machine_spec(ctx, rec, kernel, initrd)?;
     let compute = ctx.api.compute.clone();
     let store = ctx.api.store.clone();
     let storage = ctx.api.storage.clone();
@@ -674,6 +679,7 @@ fn schedule_launch(
             handler(&store, &scope, MachineEvent::Crashed(e.to_string()));
         }
     });
+    Ok(())
 }
 
 /// Records what a machine did. Runs on engine threads, in its own transaction.
@@ -980,7 +986,7 @@ pub fn start_instances(
             images::resolve_for_launch(ctx, rec.instance.image_id.as_deref().unwrap_or_default())
                 .ok();
         let (k, i) = image.map(|im| (im.kernel, im.initrd)).unwrap_or_default();
-        schedule_launch(ctx, &rec, k, i);
+        schedule_launch(ctx, &rec, k, i)?;
         changes.push(change(&id, &prev, "pending"));
     }
     Ok(StartInstancesResult {
@@ -1036,7 +1042,7 @@ pub fn reconcile(api: &crate::api::Api) -> Result<usize, ApiError> {
                         )
                         .ok();
                         let (k, i) = image.map(|im| (im.kernel, im.initrd)).unwrap_or_default();
-                        schedule_launch(&ctx, &rec, k, i);
+                        schedule_launch(&ctx, &rec, k, i)?;
                         tracing::info!(instance = %id, "restarting");
                         started += 1;
                     }

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use crate::api::common::{
-    apply_tag_specs, bool_str, check_id, ids_or_pages, load, matches, new_id, paginate, tag_set,
+    apply_tag_specs, bool_str, check_id, ids_or_pages, matches, new_id, paginate, tag_set,
     validate_filters,
 };
 use crate::api::{Ctx, images};
@@ -24,7 +24,13 @@ fn storage_err(e: impl std::fmt::Display) -> ApiError {
 }
 
 pub fn load_volume(ctx: &Ctx, id: &str) -> Result<Volume, ApiError> {
-    load(ctx.tx, KIND, "vol", "Volume", "volume", id)
+    check_id("vol", "Volume", id)?;
+    ctx.tx.get(KIND, id)?.ok_or_else(|| {
+        ApiError::new(
+            "InvalidVolume.NotFound",
+            format!("The volume '{id}' does not exist."),
+        )
+    })
 }
 
 pub fn load_snapshot(ctx: &Ctx, id: &str) -> Result<Snapshot, ApiError> {

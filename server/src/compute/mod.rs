@@ -203,11 +203,9 @@ impl Compute {
         }
     }
 
-    /// The console so far: from the live machine, else from the log it left behind.
+    /// The most recent 64 KiB of console output, across boots, stops and restarts of ec2d:
+    /// engines append everything to the instance's console log.
     pub fn console(&self, id: &str) -> Vec<u8> {
-        if let Some(l) = self.lock().get(id) {
-            return l.machine.console();
-        }
         let log = self.state_dir(id).join("console.log");
         let data = std::fs::read(log).unwrap_or_default();
         let keep = data.len().saturating_sub(64 * 1024);
