@@ -1,0 +1,636 @@
+//! The per-VPC switch and router, and the fabric that holds all VPCs.
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::time::Instant;
+
+use ipnet::Ipv4Net;
+use smoltcp::wire::{EthernetAddress, EthernetFrame, EthernetProtocol};
+
+use super::frame::{self, Ipv4Info, L4};
+use super::sg::{self, Conntrack, ConntrackConfig, Direction, FlowKey, PacketMeta, SgRule};
+use super::{
+    FabricError, IMDS_ADDR, LEASE_SECS, LINK_LOCAL_DNS_ADDR, MacAddr, PortId, ROUTER_MAC, VPC_MTU,
+    dhcp, dns,
+};
+
+/// The IMDS TCP port.
+const IMDS_PORT: u16 = 80;
+
+/// A service the fabric hosts at a link-local address (IMDS). It is handed the raw frames a port
+/// sends to it, and the port they came from: that port, never a source address inside the frame,
+/// is the caller's identity. The frames it returns go back to the same port.
+pub trait LocalService {
+    fn handle(&mut self, port: PortId, frame: &[u8]) -> Vec<Vec<u8>>;
+}
+
+/// The settings of a VPC that the fabric acts on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VpcConfig {
+    /// The primary IPv4 CIDR; the DNS server is its base + 2.
+    pub cidr: Ipv4Net,
+    /// The DHCP domain name and the private DNS zone; see [`super::default_domain_name`].
+    pub domain_name: String,
+    /// `enableDnsSupport`.
+    pub enable_dns_support: bool,
+    /// `enableDnsHostnames`.
+    pub enable_dns_hostnames: bool,
+    pub conntrack: ConntrackConfig,
+}
+
+impl VpcConfig {
+    /// A VPC as `CreateVpc` makes it in `region`: DNS support on, DNS hostnames off.
+    pub fn new(cidr: Ipv4Net, region: &str) -> Self {
+        VpcConfig {
+            cidr: cidr.trunc(),
+            domain_name: super::default_domain_name(region),
+            enable_dns_support: true,
+            enable_dns_hostnames: false,
+            conntrack: ConntrackConfig::default(),
+        }
+    }
+
+    /// The Amazon-provided DNS server's address: the VPC's base address + 2.
+    pub fn dns_addr(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.cidr.network()).wrapping_add(2))
+    }
+}
+
+/// A port: one ENI's attachment to the VPC.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortConfig {
+    pub mac: MacAddr,
+    /// The ENI's primary private IPv4 address.
+    pub ip: Ipv4Addr,
+    /// The subnet the ENI is in; its `.1` is the gateway.
+    pub subnet: Ipv4Net,
+    /// Security group ids the ENI is a member of.
+    pub security_groups: Vec<String>,
+}
+
+impl PortConfig {
+    fn gateway(&self) -> Ipv4Addr {
+        subnet_gateway(self.subnet)
+    }
+}
+
+fn subnet_gateway(subnet: Ipv4Net) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(subnet.network()).wrapping_add(1))
+}
+
+#[derive(Debug)]
+struct Port {
+    config: PortConfig,
+    conntrack: Conntrack,
+}
+
+/// Checks that `domain` can be sent as DHCP option 15 and used as a DNS zone.
+fn validate_domain(domain: &str) -> Result<(), FabricError> {
+    let labels_ok = domain.split('.').all(|l| {
+        !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    });
+    if domain.is_empty() || domain.len() > 253 || !labels_ok {
+        return Err(FabricError::InvalidDomainName(domain.to_string()));
+    }
+    Ok(())
+}
+
+/// One VPC's switch: its ports, its security groups, and the services it hosts.
+pub struct Vpc {
+    config: VpcConfig,
+    ports: HashMap<PortId, Port>,
+    by_mac: HashMap<MacAddr, PortId>,
+    by_ip: HashMap<Ipv4Addr, PortId>,
+    groups: HashMap<String, Vec<SgRule>>,
+    local_service: Option<Box<dyn LocalService + Send>>,
+}
+
+impl std::fmt::Debug for Vpc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vpc")
+            .field("config", &self.config)
+            .field("ports", &self.ports.len())
+            .field("groups", &self.groups.len())
+            .field("local_service", &self.local_service.is_some())
+            .finish()
+    }
+}
+
+impl Vpc {
+    pub fn new(config: VpcConfig) -> Result<Self, FabricError> {
+        validate_domain(&config.domain_name)?;
+        Ok(Vpc {
+            config: VpcConfig {
+                cidr: config.cidr.trunc(),
+                ..config
+            },
+            ports: HashMap::new(),
+            by_mac: HashMap::new(),
+            by_ip: HashMap::new(),
+            groups: HashMap::new(),
+            local_service: None,
+        })
+    }
+
+    pub fn config(&self) -> &VpcConfig {
+        &self.config
+    }
+
+    pub fn set_dns_support(&mut self, on: bool) {
+        self.config.enable_dns_support = on;
+    }
+
+    pub fn set_dns_hostnames(&mut self, on: bool) {
+        self.config.enable_dns_hostnames = on;
+    }
+
+    pub fn set_domain_name(&mut self, domain: impl Into<String>) -> Result<(), FabricError> {
+        let domain = domain.into();
+        validate_domain(&domain)?;
+        self.config.domain_name = domain;
+        Ok(())
+    }
+
+    /// Changes the tracking timeouts and bound; flows already tracked are judged by the new
+    /// timeouts from now on.
+    pub fn set_conntrack_config(&mut self, config: ConntrackConfig) {
+        for port in self.ports.values_mut() {
+            port.conntrack.set_config(config.clone());
+        }
+        self.config.conntrack = config;
+    }
+
+    /// Installs the service that answers 169.254.169.254:80 (IMDS).
+    pub fn set_local_service(&mut self, service: Box<dyn LocalService + Send>) {
+        self.local_service = Some(service);
+    }
+
+    /// Attaches a port. Its address must be a host address of its subnet (not the network, the
+    /// three addresses EC2 reserves after it, nor the broadcast) and the subnet must lie inside
+    /// the VPC.
+    pub fn add_port(&mut self, id: PortId, config: PortConfig) -> Result<(), FabricError> {
+        if self.ports.contains_key(&id) {
+            return Err(FabricError::DuplicatePort(id));
+        }
+        let subnet = config.subnet.trunc();
+        if !self.config.cidr.contains(&subnet) {
+            return Err(FabricError::SubnetOutsideVpc {
+                subnet,
+                vpc: self.config.cidr,
+            });
+        }
+        let offset = u32::from(config.ip).wrapping_sub(u32::from(subnet.network()));
+        if !subnet.contains(&config.ip) || offset < 4 || config.ip == subnet.broadcast() {
+            return Err(FabricError::IpOutsideSubnet {
+                ip: config.ip,
+                subnet,
+            });
+        }
+        let mac = EthernetAddress(config.mac);
+        if !mac.is_unicast() || config.mac == [0; 6] || config.mac == ROUTER_MAC {
+            return Err(FabricError::InvalidMac(config.mac));
+        }
+        if self.by_mac.contains_key(&config.mac) {
+            return Err(FabricError::DuplicateMac(config.mac));
+        }
+        if self.by_ip.contains_key(&config.ip) {
+            return Err(FabricError::DuplicateIp(config.ip));
+        }
+        self.by_mac.insert(config.mac, id);
+        self.by_ip.insert(config.ip, id);
+        self.ports.insert(
+            id,
+            Port {
+                config: PortConfig { subnet, ..config },
+                conntrack: Conntrack::new(self.config.conntrack.clone()),
+            },
+        );
+        Ok(())
+    }
+
+    /// Detaches a port; flows other ports tracked with it are forgotten so a later ENI reusing
+    /// the address starts clean.
+    pub fn remove_port(&mut self, id: PortId) -> Option<PortConfig> {
+        let port = self.ports.remove(&id)?;
+        self.by_mac.remove(&port.config.mac);
+        self.by_ip.remove(&port.config.ip);
+        for other in self.ports.values_mut() {
+            other.conntrack.forget_remote(port.config.ip);
+        }
+        Some(port.config)
+    }
+
+    pub fn port(&self, id: PortId) -> Option<&PortConfig> {
+        self.ports.get(&id).map(|p| &p.config)
+    }
+
+    pub fn port_ids(&self) -> impl Iterator<Item = PortId> + '_ {
+        self.ports.keys().copied()
+    }
+
+    /// Replaces a port's group membership. New flows are judged by it at once.
+    pub fn set_port_groups(&mut self, id: PortId, groups: Vec<String>) -> Result<(), FabricError> {
+        let port = self
+            .ports
+            .get_mut(&id)
+            .ok_or(FabricError::UnknownPort(id))?;
+        port.config.security_groups = groups;
+        Ok(())
+    }
+
+    /// Replaces all rules (ingress and egress) of a group. New flows are judged by them at once;
+    /// tracked flows carry on, as on EC2.
+    pub fn set_group_rules(&mut self, group_id: impl Into<String>, rules: Vec<SgRule>) {
+        self.groups.insert(group_id.into(), rules);
+    }
+
+    pub fn remove_group(&mut self, group_id: &str) -> Option<Vec<SgRule>> {
+        self.groups.remove(group_id)
+    }
+
+    pub fn group_rules(&self, group_id: &str) -> Option<&[SgRule]> {
+        self.groups.get(group_id).map(Vec::as_slice)
+    }
+
+    /// How many flows a port tracks (for tests and metrics).
+    pub fn tracked_flows(&self, id: PortId) -> usize {
+        self.ports.get(&id).map_or(0, |p| p.conntrack.len())
+    }
+
+    /// Drops idle tracked flows on every port. Call it now and then; lookups ignore expired
+    /// flows anyway, this only reclaims memory.
+    pub fn expire(&mut self, now: Instant) {
+        for port in self.ports.values_mut() {
+            port.conntrack.expire(now);
+        }
+    }
+
+    /// Takes one frame sent by `from` and returns the frames to deliver, each with the port to
+    /// deliver it on. Anything malformed, spoofed or not allowed is dropped (an empty result).
+    pub fn ingress(&mut self, from: PortId, frame: &[u8], now: Instant) -> Vec<(PortId, Vec<u8>)> {
+        let Some(port) = self.ports.get(&from) else {
+            return Vec::new();
+        };
+        let Ok(eth) = EthernetFrame::new_checked(frame) else {
+            return Vec::new();
+        };
+        // Source MAC check: a guest may only speak as its own ENI.
+        if eth.src_addr().0 != port.config.mac {
+            tracing::trace!(%from, "dropping frame with a foreign source MAC");
+            return Vec::new();
+        }
+        match eth.ethertype() {
+            EthernetProtocol::Arp => self.handle_arp(from, eth.payload()),
+            EthernetProtocol::Ipv4 => {
+                let Some(ip) = frame::parse_ipv4(eth.payload()) else {
+                    return Vec::new();
+                };
+                self.handle_ipv4(from, eth.dst_addr().0, frame, &ip, now)
+            }
+            // IPv6, VLAN tags and the rest are not carried yet.
+            _ => Vec::new(),
+        }
+    }
+
+    /// Answers ARP requests on behalf of the gateway, the fabric's services and the other ENIs of
+    /// the subnet. Guest ARP never reaches other guests, so no guest can poison another's cache.
+    fn handle_arp(&self, from: PortId, payload: &[u8]) -> Vec<(PortId, Vec<u8>)> {
+        let Some(port) = self.ports.get(&from) else {
+            return Vec::new();
+        };
+        let Some(request) = frame::parse_arp_request(payload) else {
+            return Vec::new();
+        };
+        let own = &port.config;
+        // The sender must be the port itself; 0.0.0.0 is an address probe (RFC 5227).
+        if request.sender_mac != own.mac
+            || (request.sender_ip != own.ip && !request.sender_ip.is_unspecified())
+        {
+            return Vec::new();
+        }
+        let target = request.target_ip;
+        let answer = if target == own.ip {
+            // Answering a probe for its own address would make the guest think it conflicts.
+            None
+        } else if target == own.gateway()
+            || target == self.config.dns_addr()
+            || target == IMDS_ADDR
+            || target == LINK_LOCAL_DNS_ADDR
+        {
+            Some(ROUTER_MAC)
+        } else {
+            self.by_ip
+                .get(&target)
+                .and_then(|id| self.ports.get(id))
+                .filter(|peer| peer.config.subnet == own.subnet)
+                .map(|peer| peer.config.mac)
+        };
+        match answer {
+            Some(mac) => vec![(from, frame::arp_reply(&request, target, mac))],
+            None => Vec::new(),
+        }
+    }
+
+    fn handle_ipv4(
+        &mut self,
+        from: PortId,
+        dst_mac: MacAddr,
+        raw: &[u8],
+        ip: &Ipv4Info<'_>,
+        now: Instant,
+    ) -> Vec<(PortId, Vec<u8>)> {
+        let Some(port) = self.ports.get(&from) else {
+            return Vec::new();
+        };
+        let own = port.config.clone();
+
+        // DHCP comes before the source check: a client without a lease sends from 0.0.0.0.
+        if let L4::Udp {
+            dst_port: dhcp::SERVER_PORT,
+            ..
+        } = ip.l4
+            && (ip.src.is_unspecified() || ip.src == own.ip)
+            && (ip.dst == Ipv4Addr::BROADCAST || ip.dst == own.gateway())
+        {
+            return self.serve_dhcp(from, &own, ip);
+        }
+
+        // Source/destination check: the source must be the ENI's own address.
+        if ip.src != own.ip {
+            tracing::trace!(%from, src = %ip.src, "dropping spoofed source address");
+            return Vec::new();
+        }
+
+        // The fabric's own services, never subject to security groups.
+        if ip.dst == self.config.dns_addr() || ip.dst == LINK_LOCAL_DNS_ADDR {
+            return match ip.l4 {
+                L4::Udp {
+                    src_port,
+                    dst_port: dns::PORT,
+                } => self.serve_dns(from, &own, ip, src_port),
+                _ => Vec::new(),
+            };
+        }
+        if ip.dst == IMDS_ADDR {
+            return match (ip.l4, self.local_service.as_mut()) {
+                (
+                    L4::Tcp {
+                        dst_port: IMDS_PORT,
+                        ..
+                    },
+                    Some(service),
+                ) => service
+                    .handle(from, raw)
+                    .into_iter()
+                    .map(|f| (from, f))
+                    .collect(),
+                _ => Vec::new(),
+            };
+        }
+
+        // Switching and routing to another ENI of this VPC.
+        let (to, routed) = if dst_mac == ROUTER_MAC {
+            match self.by_ip.get(&ip.dst) {
+                Some(&to) => (to, true),
+                None => return Vec::new(), // nothing beyond the VPC yet
+            }
+        } else {
+            match self
+                .by_mac
+                .get(&dst_mac)
+                .and_then(|id| self.ports.get(id).map(|p| (*id, p)))
+            {
+                // L2 delivery stays inside the subnet and must be addressed to that ENI.
+                Some((to, peer))
+                    if peer.config.subnet == own.subnet && peer.config.ip == ip.dst =>
+                {
+                    (to, false)
+                }
+                _ => return Vec::new(),
+            }
+        };
+        if to == from {
+            return Vec::new();
+        }
+        // Trailing fragments carry no ports to filter on; they are not carried (the VPC MTU is
+        // 9001 on every port, so guests have no reason to fragment).
+        if !ip.first_fragment {
+            return Vec::new();
+        }
+        let Some(dst_port_mac) = self.ports.get(&to).map(|p| p.config.mac) else {
+            return Vec::new();
+        };
+        if !self.security_groups_allow(from, to, &PacketMeta::from_ipv4(ip), now) {
+            tracing::trace!(%from, %to, "dropped by security groups");
+            return Vec::new();
+        }
+        let out = if routed {
+            frame::route_frame(raw, ROUTER_MAC, dst_port_mac)
+        } else {
+            Some(raw.to_vec())
+        };
+        out.map(|f| vec![(to, f)]).unwrap_or_default()
+    }
+
+    /// The sender's egress check and the receiver's ingress check, each passing on a tracked
+    /// flow or on a rule; the flow is recorded on both ports only when both pass.
+    fn security_groups_allow(
+        &mut self,
+        from: PortId,
+        to: PortId,
+        pkt: &PacketMeta,
+        now: Instant,
+    ) -> bool {
+        let (Some(sender), Some(receiver)) = (self.ports.get(&from), self.ports.get(&to)) else {
+            return false;
+        };
+        let out_key = FlowKey::new(pkt, Direction::Outbound);
+        let in_key = FlowKey::new(pkt, Direction::Inbound);
+        let out_ok = out_key.is_some_and(|k| sender.conntrack.is_tracked(&k, pkt, now))
+            || sg::rules_allow(
+                &self.groups,
+                &sender.config.security_groups,
+                true,
+                pkt,
+                &receiver.config.security_groups,
+            );
+        let in_ok = in_key.is_some_and(|k| receiver.conntrack.is_tracked(&k, pkt, now))
+            || sg::rules_allow(
+                &self.groups,
+                &receiver.config.security_groups,
+                false,
+                pkt,
+                &sender.config.security_groups,
+            );
+        if !(out_ok && in_ok) {
+            return false;
+        }
+        let mut recorded = true;
+        if let (Some(key), Some(sender)) = (out_key, self.ports.get_mut(&from)) {
+            recorded &= sender.conntrack.observe(key, pkt, Direction::Outbound, now);
+        }
+        if let (Some(key), Some(receiver)) = (in_key, self.ports.get_mut(&to)) {
+            recorded &= receiver
+                .conntrack
+                .observe(key, pkt, Direction::Inbound, now);
+        }
+        recorded
+    }
+
+    fn serve_dhcp(
+        &self,
+        from: PortId,
+        own: &PortConfig,
+        ip: &Ipv4Info<'_>,
+    ) -> Vec<(PortId, Vec<u8>)> {
+        let Some(message) = frame::udp_payload(ip.payload) else {
+            return Vec::new();
+        };
+        let lease = dhcp::Lease {
+            ip: own.ip,
+            subnet: own.subnet,
+            router: own.gateway(),
+            dns: self.config.dns_addr(),
+            domain_name: &self.config.domain_name,
+            lease_secs: LEASE_SECS,
+            mtu: VPC_MTU,
+        };
+        let Some(reply) = dhcp::handle(&lease, message) else {
+            return Vec::new();
+        };
+        let dst_ip = if reply.broadcast {
+            Ipv4Addr::BROADCAST
+        } else {
+            reply.dst_ip
+        };
+        frame::udp_frame(
+            ROUTER_MAC,
+            dhcp::reply_dst_mac(&reply, own.mac),
+            lease.router,
+            dst_ip,
+            dhcp::SERVER_PORT,
+            dhcp::CLIENT_PORT,
+            &reply.payload,
+        )
+        .map(|f| vec![(from, f)])
+        .unwrap_or_default()
+    }
+
+    fn serve_dns(
+        &self,
+        from: PortId,
+        own: &PortConfig,
+        ip: &Ipv4Info<'_>,
+        client_port: u16,
+    ) -> Vec<(PortId, Vec<u8>)> {
+        let Some(query) = frame::udp_payload(ip.payload) else {
+            return Vec::new();
+        };
+        let zone = dns::Zone {
+            domain: &self.config.domain_name,
+            vpc_cidr: self.config.cidr,
+            dns_support: self.config.enable_dns_support,
+            dns_hostnames: self.config.enable_dns_hostnames,
+        };
+        let Some(answer) = dns::respond(&zone, query) else {
+            return Vec::new();
+        };
+        // Reply from the address the guest asked, or its resolver would ignore the answer.
+        frame::udp_frame(
+            ROUTER_MAC,
+            own.mac,
+            ip.dst,
+            own.ip,
+            dns::PORT,
+            client_port,
+            &answer,
+        )
+        .map(|f| vec![(from, f)])
+        .unwrap_or_default()
+    }
+}
+
+/// All VPCs. A port belongs to exactly one VPC, and frames only ever reach ports of the VPC they
+/// came from. Add and remove ports through the fabric so it can find each port's VPC.
+#[derive(Debug, Default)]
+pub struct Fabric {
+    vpcs: HashMap<String, Vpc>,
+    port_vpc: HashMap<PortId, String>,
+}
+
+impl Fabric {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn add_vpc(
+        &mut self,
+        vpc_id: impl Into<String>,
+        config: VpcConfig,
+    ) -> Result<&mut Vpc, FabricError> {
+        let vpc_id = vpc_id.into();
+        if self.vpcs.contains_key(&vpc_id) {
+            return Err(FabricError::DuplicateVpc(vpc_id));
+        }
+        let vpc = Vpc::new(config)?;
+        Ok(self.vpcs.entry(vpc_id).or_insert(vpc))
+    }
+
+    /// Removes a VPC with all its ports.
+    pub fn remove_vpc(&mut self, vpc_id: &str) -> Option<Vpc> {
+        let vpc = self.vpcs.remove(vpc_id)?;
+        self.port_vpc.retain(|_, v| v != vpc_id);
+        Some(vpc)
+    }
+
+    pub fn vpc(&self, vpc_id: &str) -> Option<&Vpc> {
+        self.vpcs.get(vpc_id)
+    }
+
+    /// The VPC, to change its settings, groups and services. Its ports are managed through
+    /// [`Fabric::add_port`] and [`Fabric::remove_port`].
+    pub fn vpc_mut(&mut self, vpc_id: &str) -> Option<&mut Vpc> {
+        self.vpcs.get_mut(vpc_id)
+    }
+
+    pub fn vpc_of(&self, port: PortId) -> Option<&str> {
+        self.port_vpc.get(&port).map(String::as_str)
+    }
+
+    pub fn add_port(
+        &mut self,
+        vpc_id: &str,
+        id: PortId,
+        config: PortConfig,
+    ) -> Result<(), FabricError> {
+        if self.port_vpc.contains_key(&id) {
+            return Err(FabricError::DuplicatePort(id));
+        }
+        let vpc = self
+            .vpcs
+            .get_mut(vpc_id)
+            .ok_or_else(|| FabricError::UnknownVpc(vpc_id.to_string()))?;
+        vpc.add_port(id, config)?;
+        self.port_vpc.insert(id, vpc_id.to_string());
+        Ok(())
+    }
+
+    pub fn remove_port(&mut self, id: PortId) -> Option<PortConfig> {
+        let vpc_id = self.port_vpc.remove(&id)?;
+        self.vpcs.get_mut(&vpc_id)?.remove_port(id)
+    }
+
+    /// Takes a frame sent by a port and returns the frames to deliver. Unknown ports get nothing.
+    pub fn ingress(&mut self, from: PortId, frame: &[u8], now: Instant) -> Vec<(PortId, Vec<u8>)> {
+        let Some(vpc) = self.port_vpc.get(&from).and_then(|v| self.vpcs.get_mut(v)) else {
+            return Vec::new();
+        };
+        vpc.ingress(from, frame, now)
+    }
+
+    pub fn expire(&mut self, now: Instant) {
+        for vpc in self.vpcs.values_mut() {
+            vpc.expire(now);
+        }
+    }
+}
