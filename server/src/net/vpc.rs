@@ -72,6 +72,28 @@ impl PortConfig {
     fn gateway(&self) -> Ipv4Addr {
         subnet_gateway(self.subnet)
     }
+
+    fn endpoint(&self) -> Endpoint {
+        Endpoint {
+            mac: self.mac,
+            ip: self.ip,
+            subnet: self.subnet,
+        }
+    }
+}
+
+/// The addressing of a port, copied out per packet so the hot path does not clone group lists.
+#[derive(Clone, Copy, Debug)]
+struct Endpoint {
+    mac: MacAddr,
+    ip: Ipv4Addr,
+    subnet: Ipv4Net,
+}
+
+impl Endpoint {
+    fn gateway(&self) -> Ipv4Addr {
+        subnet_gateway(self.subnet)
+    }
 }
 
 fn subnet_gateway(subnet: Ipv4Net) -> Ipv4Addr {
@@ -342,7 +364,7 @@ impl Vpc {
         let Some(port) = self.ports.get(&from) else {
             return Vec::new();
         };
-        let own = port.config.clone();
+        let own = port.config.endpoint();
 
         // DHCP comes before the source check: a client without a lease sends from 0.0.0.0.
         if let L4::Udp {
@@ -480,7 +502,7 @@ impl Vpc {
     fn serve_dhcp(
         &self,
         from: PortId,
-        own: &PortConfig,
+        own: &Endpoint,
         ip: &Ipv4Info<'_>,
     ) -> Vec<(PortId, Vec<u8>)> {
         let Some(message) = frame::udp_payload(ip.payload) else {
@@ -519,7 +541,7 @@ impl Vpc {
     fn serve_dns(
         &self,
         from: PortId,
-        own: &PortConfig,
+        own: &Endpoint,
         ip: &Ipv4Info<'_>,
         client_port: u16,
     ) -> Vec<(PortId, Vec<u8>)> {
