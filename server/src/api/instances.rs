@@ -674,9 +674,20 @@ fn schedule_launch(
         let handler: EventHandler = Arc::new(move |store: &Store, scope: &Scope, event| {
             apply_event(store, &storage, scope, event);
         });
-        if let Err(e) = compute.launch(store.clone(), scope.clone(), spec, handler.clone()) {
-            tracing::error!(instance = %scope.instance_id, error = %e, "launch failed");
-            handler(&store, &scope, MachineEvent::Crashed(e.to_string()));
+        // Launching takes tens of milliseconds (loop device, processes); instances of one
+        // call start side by side, and the caller has its `pending` answer already.
+        let id = scope.instance_id.clone();
+        let started = std::thread::Builder::new()
+            .name(format!("launch-{id}"))
+            .spawn(move || {
+                if let Err(e) = compute.launch(store.clone(), scope.clone(), spec, handler.clone())
+                {
+                    tracing::error!(instance = %scope.instance_id, error = %e, "launch failed");
+                    handler(&store, &scope, MachineEvent::Crashed(e.to_string()));
+                }
+            });
+        if let Err(e) = started {
+            tracing::error!(instance = %id, error = %e, "cannot start a launch thread");
         }
     });
     Ok(())

@@ -1232,7 +1232,8 @@ fn losetup_detach(tools: &Tools, device: &str) {
 /// With `kill`, whatever is still inside is SIGKILLed; without (a teardown after our own
 /// processes were reaped), anything inside belongs to someone else and is left alone.
 fn remove_cgroup(dir: &Path, kill: bool) {
-    let deadline = Instant::now() + Duration::from_millis(if kill { 2000 } else { 200 });
+    // Under load (hundreds of machines stopping at once) the last task can take seconds to leave.
+    let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         match fs::remove_dir(dir) {
             Ok(()) => return,

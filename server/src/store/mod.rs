@@ -4,8 +4,11 @@
 //! returns is exactly what was stored; tags live in their own table because every family
 //! shares them.
 
+use std::any::Any;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
@@ -48,8 +51,24 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE resources (
     );"];
 
 pub struct Store {
-    conn: Mutex<Connection>,
+    conn: Mutex<Inner>,
 }
+
+struct Inner {
+    conn: Connection,
+    cache: ReadCache,
+}
+
+/// Decoded results of `Tx::list` (and the tag table) per (account, region, kind), so a
+/// Describe call does not re-read and re-parse JSON it parsed a moment ago. Only
+/// transactions that have not written fill it, and every write drops the entries it touches,
+/// so it never holds uncommitted or stale data.
+#[derive(Default)]
+struct ReadCache {
+    entries: HashMap<String, Arc<dyn Any + Send + Sync>>,
+}
+
+const TAGS: &str = "\0tags";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -84,7 +103,10 @@ impl Store {
             .map_err(open_err)?;
         migrate(&mut conn)?;
         Ok(Store {
-            conn: Mutex::new(conn),
+            conn: Mutex::new(Inner {
+                conn,
+                cache: ReadCache::default(),
+            }),
         })
     }
 
@@ -94,8 +116,9 @@ impl Store {
             .conn
             .lock()
             .map_err(|_| ApiError::internal("store lock poisoned"))?;
-        let mut stmt =
-            conn.prepare("SELECT account, region FROM seeded ORDER BY account, region")?;
+        let mut stmt = conn
+            .conn
+            .prepare("SELECT account, region FROM seeded ORDER BY account, region")?;
         let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -107,15 +130,18 @@ impl Store {
         region: &str,
         f: impl FnOnce(&Tx<'_>) -> Result<R, ApiError>,
     ) -> Result<R, ApiError> {
-        let mut conn = self
+        let mut inner = self
             .conn
             .lock()
             .map_err(|_| ApiError::internal("store lock poisoned"))?;
+        let Inner { conn, cache } = &mut *inner;
         let tx = conn.transaction()?;
         let scoped = Tx {
             tx,
             account: account.to_string(),
             region: region.to_string(),
+            cache: RefCell::new(cache),
+            dirty: Cell::new(false),
         };
         let out = f(&scoped)?;
         scoped.tx.commit()?;
@@ -145,9 +171,41 @@ pub struct Tx<'c> {
     tx: rusqlite::Transaction<'c>,
     pub account: String,
     pub region: String,
+    cache: RefCell<&'c mut ReadCache>,
+    /// Set by the first write; from then on reads bypass the cache.
+    dirty: Cell<bool>,
 }
 
 impl Tx<'_> {
+    fn cache_key(&self, kind: &str) -> String {
+        format!("{}\0{}\0{kind}", self.account, self.region)
+    }
+
+    fn cached<T: Clone + 'static>(&self, kind: &str) -> Option<T> {
+        if self.dirty.get() {
+            return None;
+        }
+        let cache = self.cache.borrow();
+        cache
+            .entries
+            .get(&self.cache_key(kind))
+            .and_then(|v| v.downcast_ref::<T>())
+            .cloned()
+    }
+
+    fn remember_read<T: Send + Sync + 'static>(&self, kind: &str, value: T) {
+        if !self.dirty.get() {
+            let key = self.cache_key(kind);
+            self.cache.borrow_mut().entries.insert(key, Arc::new(value));
+        }
+    }
+
+    fn wrote(&self, kind: &str) {
+        self.dirty.set(true);
+        let key = self.cache_key(kind);
+        self.cache.borrow_mut().entries.remove(&key);
+    }
+
     pub fn get<T: DeserializeOwned>(&self, kind: &str, id: &str) -> Result<Option<T>, ApiError> {
         let body: Option<String> = self
             .tx
@@ -174,17 +232,24 @@ impl Tx<'_> {
     }
 
     /// Every resource of a kind, oldest first.
-    pub fn list<T: DeserializeOwned>(&self, kind: &str) -> Result<Vec<T>, ApiError> {
+    pub fn list<T: DeserializeOwned + Clone + Send + Sync + 'static>(
+        &self,
+        kind: &str,
+    ) -> Result<Vec<T>, ApiError> {
+        if let Some(hit) = self.cached::<Vec<T>>(kind) {
+            return Ok(hit);
+        }
         let mut stmt = self.tx.prepare_cached(
             "SELECT body FROM resources WHERE account=?1 AND region=?2 AND kind=?3 ORDER BY seq",
         )?;
         let rows = stmt.query_map(params![self.account, self.region, kind], |r| {
             r.get::<_, String>(0)
         })?;
-        let mut out = Vec::new();
+        let mut out: Vec<T> = Vec::new();
         for row in rows {
             out.push(serde_json::from_str(&row?)?);
         }
+        self.remember_read(kind, out.clone());
         Ok(out)
     }
 
@@ -209,6 +274,7 @@ impl Tx<'_> {
     }
 
     pub fn insert<T: Serialize>(&self, kind: &str, id: &str, value: &T) -> Result<(), ApiError> {
+        self.wrote(kind);
         let body = serde_json::to_string(value)?;
         self.tx.execute(
             "INSERT INTO resources (account, region, kind, id, seq, body)
@@ -219,6 +285,7 @@ impl Tx<'_> {
     }
 
     pub fn update<T: Serialize>(&self, kind: &str, id: &str, value: &T) -> Result<(), ApiError> {
+        self.wrote(kind);
         let body = serde_json::to_string(value)?;
         self.tx.execute(
             "UPDATE resources SET body=?5 WHERE account=?1 AND region=?2 AND kind=?3 AND id=?4",
@@ -228,6 +295,8 @@ impl Tx<'_> {
     }
 
     pub fn delete(&self, kind: &str, id: &str) -> Result<(), ApiError> {
+        self.wrote(kind);
+        self.wrote(TAGS);
         self.tx.execute(
             "DELETE FROM resources WHERE account=?1 AND region=?2 AND kind=?3 AND id=?4",
             params![self.account, self.region, kind, id],
@@ -252,6 +321,19 @@ impl Tx<'_> {
     }
 
     pub fn tags(&self, resource_id: &str) -> Result<Vec<Tag>, ApiError> {
+        if let Some(all) = self.cached::<Arc<HashMap<String, Vec<Tag>>>>(TAGS) {
+            return Ok(all.get(resource_id).cloned().unwrap_or_default());
+        }
+        if !self.dirty.get() {
+            // One query for the whole scope serves every resource of a Describe call.
+            let mut by_id: HashMap<String, Vec<Tag>> = HashMap::new();
+            for (id, tag) in self.all_tags()? {
+                by_id.entry(id).or_default().push(tag);
+            }
+            let found = by_id.get(resource_id).cloned().unwrap_or_default();
+            self.remember_read(TAGS, Arc::new(by_id));
+            return Ok(found);
+        }
         let mut stmt = self.tx.prepare_cached(
             "SELECT key, value FROM tags WHERE account=?1 AND region=?2 AND resource_id=?3 ORDER BY key",
         )?;
@@ -283,6 +365,7 @@ impl Tx<'_> {
     }
 
     pub fn set_tag(&self, resource_id: &str, key: &str, value: &str) -> Result<(), ApiError> {
+        self.wrote(TAGS);
         self.tx.execute(
             "INSERT INTO tags (account, region, resource_id, key, value) VALUES (?1, ?2, ?3, ?4, ?5)
              ON CONFLICT (account, region, resource_id, key) DO UPDATE SET value=excluded.value",
@@ -297,6 +380,7 @@ impl Tx<'_> {
         key: &str,
         value: Option<&str>,
     ) -> Result<(), ApiError> {
+        self.wrote(TAGS);
         match value {
             Some(v) => self.tx.execute(
                 "DELETE FROM tags WHERE account=?1 AND region=?2 AND resource_id=?3 AND key=?4 AND value=?5",
