@@ -144,7 +144,12 @@ fn run_serve(args: ServeArgs) -> Result<(), String> {
     let store =
         Arc::new(Store::open(&args.data_dir.join("ec2d.sqlite")).map_err(|e| e.to_string())?);
     let compute = Arc::new(Compute::new(args.engine, &args.data_dir));
-    let storage = Arc::new(Storage::new(&args.data_dir).map_err(|e| e.to_string())?);
+    // A microVM boots the AMI's own kernel, so built-in AMIs then carry kernel and initrd.
+    let storage = Arc::new(
+        Storage::new(&args.data_dir)
+            .map_err(|e| e.to_string())?
+            .with_boot_files(compute.engine_name == "microvm"),
+    );
     let api = Api::new(store, compute.clone(), storage);
     match ec2d::api::instances::reconcile(&api) {
         Ok(0) => {}

@@ -42,9 +42,19 @@ pub struct ImageRecord {
     pub initrd: Option<PathBuf>,
 }
 
+/// What a microVM boots directly; the sandbox ignores it.
+#[derive(Debug, Clone, Default)]
+pub struct BootFiles {
+    pub kernel: Option<PathBuf>,
+    pub initrd: Option<PathBuf>,
+    pub cmdline: Option<String>,
+}
+
 /// What RunInstances needs of an image.
 pub struct LaunchImage {
     pub image: Image,
+    /// Kernel command line for direct boot, when the image names one.
+    pub cmdline: Option<String>,
     pub root_source: PathBuf,
     pub root_device: String,
     pub root_size_gib: i32,
@@ -152,6 +162,7 @@ pub fn resolve_for_launch(ctx: &Ctx, image_id: &str) -> Result<LaunchImage, ApiE
                 ApiError::internal(format!("building the built-in AMI {recipe} failed: {e}"))
             })?;
             return Ok(LaunchImage {
+                cmdline: built.manifest.kernel_cmdline.clone(),
                 image: builtin_image(recipe, name, desc, ctx.region()),
                 root_source: built.root_image,
                 root_device: "/dev/xvda".into(),
@@ -190,6 +201,7 @@ pub fn resolve_for_launch(ctx: &Ctx, image_id: &str) -> Result<LaunchImage, ApiE
         })?;
     let snap = root.snapshot_id.clone().unwrap_or_default();
     Ok(LaunchImage {
+        cmdline: None,
         image: rec.image.clone(),
         root_source: ctx
             .api
@@ -714,4 +726,21 @@ pub fn modify_image_attribute(
     }
     ctx.tx.update(KIND, &input.image_id, &rec)?;
     Ok(())
+}
+
+impl LaunchImage {
+    pub fn boot(&self) -> BootFiles {
+        BootFiles {
+            kernel: self.kernel.clone(),
+            initrd: self.initrd.clone(),
+            cmdline: self.cmdline.clone(),
+        }
+    }
+}
+
+/// The boot files of the image an instance was launched from (empty if it is gone).
+pub fn boot_files(ctx: &Ctx, image_id: &str) -> BootFiles {
+    resolve_for_launch(ctx, image_id)
+        .map(|i| i.boot())
+        .unwrap_or_default()
 }

@@ -574,7 +574,7 @@ pub fn run_instances(ctx: &Ctx, input: RunInstancesRequest) -> Result<Reservatio
                     .collect()
             });
         apply_tag_specs(ctx.tx, &id, "instance", inst_tags.as_ref())?;
-        schedule_launch(ctx, &rec, image.kernel.clone(), image.initrd.clone())?;
+        schedule_launch(ctx, &rec, image.boot())?;
         let mut shown = rec.instance.clone();
         shown.tags = crate::api::common::tag_set(ctx.tx, &id)?;
         instances.push(shown);
@@ -610,8 +610,7 @@ fn smbios_uuid(instance_id: &str) -> String {
 fn machine_spec(
     ctx: &Ctx,
     rec: &InstanceRecord,
-    kernel: Option<std::path::PathBuf>,
-    initrd: Option<std::path::PathBuf>,
+    boot: images::BootFiles,
 ) -> Result<MachineSpec, ApiError> {
     let id = rec.id();
     let root_vol = rec
@@ -643,9 +642,11 @@ fn machine_spec(
         smbios_uuid: rec.smbios_uuid.clone(),
         root_disk,
         disks: Vec::new(),
-        kernel,
-        initrd,
-        cmdline: "console=ttyS0 reboot=k panic=1 root=/dev/vda rw".into(),
+        kernel: boot.kernel,
+        initrd: boot.initrd,
+        cmdline: boot
+            .cmdline
+            .unwrap_or_else(|| "console=ttyS0 reboot=k panic=-1".into()),
         init_env: vec![
             ("ec2d_instance_id".into(), id.clone()),
             ("ec2d_hostname".into(), hostname),
@@ -658,10 +659,9 @@ fn machine_spec(
 fn schedule_launch(
     ctx: &Ctx,
     rec: &InstanceRecord,
-    kernel: Option<std::path::PathBuf>,
-    initrd: Option<std::path::PathBuf>,
+    boot: images::BootFiles,
 ) -> Result<(), ApiError> {
-    let spec = machine_spec(ctx, rec, kernel, initrd)?;
+    let spec = machine_spec(ctx, rec, boot)?;
     let compute = ctx.api.compute.clone();
     let store = ctx.api.store.clone();
     let storage = ctx.api.storage.clone();
@@ -993,11 +993,8 @@ pub fn start_instances(
         rec.instance.state_reason = None;
         rec.instance.state_transition_reason = Some(String::new());
         save(ctx, &rec)?;
-        let image =
-            images::resolve_for_launch(ctx, rec.instance.image_id.as_deref().unwrap_or_default())
-                .ok();
-        let (k, i) = image.map(|im| (im.kernel, im.initrd)).unwrap_or_default();
-        schedule_launch(ctx, &rec, k, i)?;
+        let boot = images::boot_files(ctx, rec.instance.image_id.as_deref().unwrap_or_default());
+        schedule_launch(ctx, &rec, boot)?;
         changes.push(change(&id, &prev, "pending"));
     }
     Ok(StartInstancesResult {
@@ -1047,13 +1044,11 @@ pub fn reconcile(api: &crate::api::Api) -> Result<usize, ApiError> {
                     "pending" | "running" => {
                         set_state(&mut rec, "pending");
                         save(&ctx, &rec)?;
-                        let image = images::resolve_for_launch(
+                        let boot = images::boot_files(
                             &ctx,
                             rec.instance.image_id.as_deref().unwrap_or_default(),
-                        )
-                        .ok();
-                        let (k, i) = image.map(|im| (im.kernel, im.initrd)).unwrap_or_default();
-                        schedule_launch(&ctx, &rec, k, i)?;
+                        );
+                        schedule_launch(&ctx, &rec, boot)?;
                         tracing::info!(instance = %id, "restarting");
                         started += 1;
                     }
