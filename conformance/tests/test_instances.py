@@ -47,7 +47,8 @@ def server(tmp_path_factory):
     if os.geteuid() != 0:
         pytest.skip("SKIPPED LOUDLY: the sandbox engine needs root (namespaces, loop devices, cgroups)")
     d = tmp_path_factory.mktemp("ec2d-instances")
-    srv = harness.Ec2d(data_dir=str(d / "data"), log_path=str(d / "ec2d.log"))
+    srv = harness.Ec2d(data_dir=str(d / "data"), log_path=str(d / "ec2d.log"),
+                       credentials=[f"{harness.OTHER_KEY}:{harness.OTHER_SECRET}:{harness.OTHER_ACCOUNT}"])
     os.makedirs(srv.data_dir)
     srv.start()
     health = json.loads(srv.health)
@@ -241,3 +242,57 @@ def test_kill9_restart_brings_instances_back(tmp_path, tiny):
         assert host_is_clean(srv.data_dir, [iid]) == []
     finally:
         srv.stop()
+
+
+def test_images_snapshots_and_attributes(c, server, tiny):
+    other = harness.client(server.url, key=harness.OTHER_KEY, secret=harness.OTHER_SECRET)
+    r = c.run_instances(ImageId=tiny, MinCount=1, MaxCount=1)
+    iid = r["Instances"][0]["InstanceId"]
+    wait_state(c, iid, "running")
+    c.stop_instances(InstanceIds=[iid])
+    wait_state(c, iid, "stopped")
+    root = c.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]["BlockDeviceMappings"][0]["Ebs"]["VolumeId"]
+
+    snap = c.create_snapshot(VolumeId=root, Description="by hand",
+                             TagSpecifications=[{"ResourceType": "snapshot", "Tags": [{"Key": "k", "Value": "v"}]}])
+    assert snap["VolumeId"] == root and snap["State"] in ("pending", "completed")
+    sid = snap["SnapshotId"]
+    s = c.describe_snapshots(SnapshotIds=[sid])["Snapshots"][0]
+    assert s["State"] == "completed" and s["VolumeSize"] == 1 and s["Tags"] == [{"Key": "k", "Value": "v"}]
+    assert any(x["SnapshotId"] == sid for x in c.describe_snapshots(OwnerIds=["self"])["Snapshots"])
+
+    ami = c.register_image(Name="registered-from-snap", RootDeviceName="/dev/xvda", Architecture="x86_64",
+                           BlockDeviceMappings=[{"DeviceName": "/dev/xvda", "Ebs": {"SnapshotId": sid}}])["ImageId"]
+    expect("InvalidAMIName.Duplicate", c.register_image, Name="registered-from-snap", RootDeviceName="/dev/xvda",
+           BlockDeviceMappings=[{"DeviceName": "/dev/xvda", "Ebs": {"SnapshotId": sid}}])
+    expect("InvalidSnapshot.InUse", c.delete_snapshot, SnapshotId=sid)
+
+    # Launch permissions: private until shared, then visible to the other account.
+    perms = c.describe_image_attribute(ImageId=ami, Attribute="launchPermission")["LaunchPermissions"]
+    assert perms == []
+    expect("InvalidAMIID.NotFound", other.describe_images, ImageIds=[ami])
+    c.modify_image_attribute(ImageId=ami, LaunchPermission={"Add": [{"UserId": harness.OTHER_ACCOUNT}]})
+    assert other.describe_images(ImageIds=[ami])["Images"][0]["ImageId"] == ami
+    c.modify_image_attribute(ImageId=ami, LaunchPermission={"Add": [{"Group": "all"}]})
+    assert c.describe_images(ImageIds=[ami])["Images"][0]["Public"] is True
+    c.modify_image_attribute(ImageId=ami, Description={"Value": "new words"})
+    assert c.describe_image_attribute(ImageId=ami, Attribute="description")["Description"]["Value"] == "new words"
+
+    # The registered image boots, from the snapshot's disk.
+    r2 = c.run_instances(ImageId=ami, MinCount=1, MaxCount=1)
+    iid2 = r2["Instances"][0]["InstanceId"]
+    wait_state(c, iid2, "running")
+    wait_console(c, iid2, f"ec2d-tiny: instance {iid2} ready")
+
+    attr = c.describe_instance_attribute(InstanceId=iid, Attribute="instanceType")["InstanceType"]["Value"]
+    assert attr == r["Instances"][0]["InstanceType"]
+    c.modify_instance_attribute(InstanceId=iid, InstanceType={"Value": "t3.small"})
+    assert c.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]["InstanceType"] == "t3.small"
+
+    c.terminate_instances(InstanceIds=[iid, iid2])
+    wait_state(c, iid, "terminated")
+    wait_state(c, iid2, "terminated")
+    c.deregister_image(ImageId=ami)
+    expect("InvalidAMIID.NotFound", c.describe_images, ImageIds=[ami])
+    c.delete_snapshot(SnapshotId=sid)
+    expect("InvalidSnapshot.NotFound", c.describe_snapshots, SnapshotIds=[sid])
