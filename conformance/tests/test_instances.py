@@ -296,3 +296,39 @@ def test_images_snapshots_and_attributes(c, server, tiny):
     expect("InvalidAMIID.NotFound", c.describe_images, ImageIds=[ami])
     c.delete_snapshot(SnapshotId=sid)
     expect("InvalidSnapshot.NotFound", c.describe_snapshots, SnapshotIds=[sid])
+
+
+def guest_init_pid(iid):
+    """The host PID of an instance's init (its environment names the instance)."""
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            env = open(f"/proc/{pid}/environ", "rb").read()
+            cmd = open(f"/proc/{pid}/cmdline", "rb").read()
+        except OSError:
+            continue
+        if f"ec2d_instance_id={iid}".encode() in env and b"/sbin/init" in cmd:
+            return int(pid)
+    return None
+
+
+@pytest.mark.parametrize("behavior,final", [("stop", "stopped"), ("terminate", "terminated")])
+def test_guest_initiated_poweroff(c, tiny, behavior, final):
+    """What busybox `poweroff` does inside the guest (SIGUSR2 to its init) follows
+    InstanceInitiatedShutdownBehavior."""
+    import signal
+
+    r = c.run_instances(ImageId=tiny, MinCount=1, MaxCount=1, InstanceInitiatedShutdownBehavior=behavior)
+    iid = r["Instances"][0]["InstanceId"]
+    wait_state(c, iid, "running")
+    wait_console(c, iid, f"ec2d-tiny: instance {iid} ready")
+    pid = guest_init_pid(iid)
+    assert pid, "guest init not found"
+    os.kill(pid, signal.SIGUSR2)
+    wait_state(c, iid, final)
+    d = c.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]
+    assert d["StateReason"]["Code"] == "Client.InstanceInitiatedShutdown", d["StateReason"]
+    if final == "stopped":
+        c.terminate_instances(InstanceIds=[iid])
+        wait_state(c, iid, "terminated")
