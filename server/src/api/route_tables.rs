@@ -194,6 +194,24 @@ fn route_dest_matches(r: &Route, kind: &str, dest: &str) -> bool {
     }
 }
 
+/// CreateRoute and ReplaceRoute name their target with the same members.
+macro_rules! target_of {
+    ($input:expr) => {
+        Target {
+            gateway_id: $input.gateway_id,
+            nat_gateway_id: $input.nat_gateway_id,
+            instance_id: $input.instance_id,
+            network_interface_id: $input.network_interface_id,
+            vpc_peering_connection_id: $input.vpc_peering_connection_id,
+            transit_gateway_id: $input.transit_gateway_id,
+            egress_only_internet_gateway_id: $input.egress_only_internet_gateway_id,
+            local_gateway_id: $input.local_gateway_id,
+            carrier_gateway_id: $input.carrier_gateway_id,
+            vpc_endpoint_id: $input.vpc_endpoint_id,
+        }
+    };
+}
+
 struct Target {
     gateway_id: Option<String>,
     nat_gateway_id: Option<String>,
@@ -291,24 +309,7 @@ pub fn create_route(ctx: &Ctx, input: CreateRouteRequest) -> Result<CreateRouteR
             format!("The route identified by {dest} already exists."),
         ));
     }
-    let route = build_route(
-        ctx,
-        &t,
-        kind,
-        &dest,
-        Target {
-            gateway_id: input.gateway_id,
-            nat_gateway_id: input.nat_gateway_id,
-            instance_id: input.instance_id,
-            network_interface_id: input.network_interface_id,
-            vpc_peering_connection_id: input.vpc_peering_connection_id,
-            transit_gateway_id: input.transit_gateway_id,
-            egress_only_internet_gateway_id: input.egress_only_internet_gateway_id,
-            local_gateway_id: input.local_gateway_id,
-            carrier_gateway_id: input.carrier_gateway_id,
-            vpc_endpoint_id: input.vpc_endpoint_id,
-        },
-    )?;
+    let route = build_route(ctx, &t, kind, &dest, target_of!(input))?;
     t.routes.get_or_insert_with(Vec::new).push(route);
     save(ctx, &t)?;
     Ok(CreateRouteResult {
@@ -361,24 +362,7 @@ pub fn replace_route(ctx: &Ctx, input: ReplaceRouteRequest) -> Result<(), ApiErr
         &input.destination_prefix_list_id,
     )?;
     let i = find_route(&t, kind, &dest)?;
-    let mut route = build_route(
-        ctx,
-        &t,
-        kind,
-        &dest,
-        Target {
-            gateway_id: input.gateway_id,
-            nat_gateway_id: input.nat_gateway_id,
-            instance_id: input.instance_id,
-            network_interface_id: input.network_interface_id,
-            vpc_peering_connection_id: input.vpc_peering_connection_id,
-            transit_gateway_id: input.transit_gateway_id,
-            egress_only_internet_gateway_id: input.egress_only_internet_gateway_id,
-            local_gateway_id: input.local_gateway_id,
-            carrier_gateway_id: input.carrier_gateway_id,
-            vpc_endpoint_id: input.vpc_endpoint_id,
-        },
-    )?;
+    let mut route = build_route(ctx, &t, kind, &dest, target_of!(input))?;
     route.origin = Some("CreateRoute".into());
     if let Some(routes) = t.routes.as_mut() {
         routes[i] = route;

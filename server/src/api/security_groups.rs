@@ -625,20 +625,28 @@ fn revoke(
     Ok(out)
 }
 
+/// The four Authorize/Revoke inputs share these members but are distinct generated types.
+macro_rules! requested_permissions {
+    ($input:expr) => {{
+        let mut perms = $input.ip_permissions.unwrap_or_default();
+        perms.extend(legacy_permission(
+            $input.cidr_ip,
+            $input.ip_protocol,
+            $input.from_port,
+            $input.to_port,
+            $input.source_security_group_name,
+            $input.source_security_group_owner_id,
+        ));
+        perms
+    }};
+}
+
 pub fn authorize_ingress(
     ctx: &Ctx,
     input: AuthorizeSecurityGroupIngressRequest,
 ) -> Result<AuthorizeSecurityGroupIngressResult, ApiError> {
     let group = find_group(ctx, input.group_id.as_deref(), input.group_name.as_deref())?;
-    let mut perms = input.ip_permissions.unwrap_or_default();
-    perms.extend(legacy_permission(
-        input.cidr_ip,
-        input.ip_protocol,
-        input.from_port,
-        input.to_port,
-        input.source_security_group_name,
-        input.source_security_group_owner_id,
-    ));
+    let perms = requested_permissions!(input);
     let rules = authorize(ctx, group, false, perms, input.tag_specifications.as_ref())?;
     Ok(AuthorizeSecurityGroupIngressResult {
         r#return: Some(true),
@@ -651,15 +659,7 @@ pub fn authorize_egress(
     input: AuthorizeSecurityGroupEgressRequest,
 ) -> Result<AuthorizeSecurityGroupEgressResult, ApiError> {
     let group = find_group(ctx, Some(&input.group_id), None)?;
-    let mut perms = input.ip_permissions.unwrap_or_default();
-    perms.extend(legacy_permission(
-        input.cidr_ip,
-        input.ip_protocol,
-        input.from_port,
-        input.to_port,
-        input.source_security_group_name,
-        input.source_security_group_owner_id,
-    ));
+    let perms = requested_permissions!(input);
     let rules = authorize(ctx, group, true, perms, input.tag_specifications.as_ref())?;
     Ok(AuthorizeSecurityGroupEgressResult {
         r#return: Some(true),
@@ -672,15 +672,7 @@ pub fn revoke_ingress(
     input: RevokeSecurityGroupIngressRequest,
 ) -> Result<RevokeSecurityGroupIngressResult, ApiError> {
     let group = find_group(ctx, input.group_id.as_deref(), input.group_name.as_deref())?;
-    let mut perms = input.ip_permissions.unwrap_or_default();
-    perms.extend(legacy_permission(
-        input.cidr_ip,
-        input.ip_protocol,
-        input.from_port,
-        input.to_port,
-        input.source_security_group_name,
-        input.source_security_group_owner_id,
-    ));
+    let perms = requested_permissions!(input);
     let revoked = revoke(ctx, group, false, perms, input.security_group_rule_ids)?;
     Ok(RevokeSecurityGroupIngressResult {
         r#return: Some(true),
@@ -694,15 +686,7 @@ pub fn revoke_egress(
     input: RevokeSecurityGroupEgressRequest,
 ) -> Result<RevokeSecurityGroupEgressResult, ApiError> {
     let group = find_group(ctx, Some(&input.group_id), None)?;
-    let mut perms = input.ip_permissions.unwrap_or_default();
-    perms.extend(legacy_permission(
-        input.cidr_ip,
-        input.ip_protocol,
-        input.from_port,
-        input.to_port,
-        input.source_security_group_name,
-        input.source_security_group_owner_id,
-    ));
+    let perms = requested_permissions!(input);
     let revoked = revoke(ctx, group, true, perms, input.security_group_rule_ids)?;
     Ok(RevokeSecurityGroupEgressResult {
         r#return: Some(true),
