@@ -332,3 +332,24 @@ def test_guest_initiated_poweroff(c, tiny, behavior, final):
     if final == "stopped":
         c.terminate_instances(InstanceIds=[iid])
         wait_state(c, iid, "terminated")
+
+
+def test_subnet_and_group_in_use(c, tiny):
+    """A subnet or security group an instance uses cannot be deleted (issue 2's DependencyViolation)."""
+    vpc = c.create_vpc(CidrBlock="10.77.0.0/16")["Vpc"]["VpcId"]
+    sub = c.create_subnet(VpcId=vpc, CidrBlock="10.77.1.0/24")["Subnet"]["SubnetId"]
+    sg = c.create_security_group(GroupName="in-use", Description="x", VpcId=vpc)["GroupId"]
+    r = c.run_instances(ImageId=tiny, MinCount=1, MaxCount=1, SubnetId=sub, SecurityGroupIds=[sg],
+                        PrivateIpAddress="10.77.1.10")
+    inst = r["Instances"][0]
+    assert inst["PrivateIpAddress"] == "10.77.1.10" and inst["VpcId"] == vpc
+    assert inst["SecurityGroups"] == [{"GroupId": sg, "GroupName": "in-use"}]
+    expect("InvalidIPAddress.InUse", c.run_instances, ImageId=tiny, MinCount=1, MaxCount=1, SubnetId=sub,
+           PrivateIpAddress="10.77.1.10")
+    expect("DependencyViolation", c.delete_subnet, SubnetId=sub)
+    expect("DependencyViolation", c.delete_security_group, GroupId=sg)
+    c.terminate_instances(InstanceIds=[inst["InstanceId"]])
+    wait_state(c, inst["InstanceId"], "terminated")
+    c.delete_security_group(GroupId=sg)
+    c.delete_subnet(SubnetId=sub)
+    c.delete_vpc(VpcId=vpc)
