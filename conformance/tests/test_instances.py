@@ -353,3 +353,23 @@ def test_subnet_and_group_in_use(c, tiny):
     c.delete_security_group(GroupId=sg)
     c.delete_subnet(SubnetId=sub)
     c.delete_vpc(VpcId=vpc)
+
+
+def test_larger_root_volume(c, tiny):
+    r = c.run_instances(ImageId=tiny, MinCount=1, MaxCount=1,
+                        BlockDeviceMappings=[{"DeviceName": "/dev/xvda",
+                                              "Ebs": {"VolumeSize": 3, "DeleteOnTermination": False}}])
+    iid = r["Instances"][0]["InstanceId"]
+    wait_state(c, iid, "running")
+    wait_console(c, iid, f"ec2d-tiny: instance {iid} ready")
+    d = c.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]
+    vol = d["BlockDeviceMappings"][0]["Ebs"]
+    assert vol["DeleteOnTermination"] is False
+    assert c.describe_volumes(VolumeIds=[vol["VolumeId"]])["Volumes"][0]["Size"] == 3
+    expect("InvalidBlockDeviceMapping", c.run_instances, ImageId=tiny, MinCount=1, MaxCount=1,
+           BlockDeviceMappings=[{"DeviceName": "/dev/xvda", "Ebs": {"VolumeSize": 0}}])
+    c.terminate_instances(InstanceIds=[iid])
+    wait_state(c, iid, "terminated")
+    # Kept after termination, and detached.
+    v = c.describe_volumes(VolumeIds=[vol["VolumeId"]])["Volumes"][0]
+    assert v["State"] == "available" and v["Attachments"] == []
