@@ -228,6 +228,7 @@ def test_kill9_restart_brings_instances_back(tmp_path, tiny):
         r = c.run_instances(ImageId=tiny, MinCount=1, MaxCount=1)["Instances"][0]
         iid, ip = r["InstanceId"], r["PrivateIpAddress"]
         wait_state(c, iid, "running")
+        wait_console(c, iid, f"ec2d-tiny: instance {iid} ready")
         vol = c.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]["BlockDeviceMappings"][0]["Ebs"]["VolumeId"]
         srv.kill9()
         srv.start()

@@ -37,6 +37,11 @@ enum Command {
 struct ImagesArgs {
     #[arg(long, env = "EC2D_DATA_DIR", default_value_os_t = default_data_dir())]
     data_dir: PathBuf,
+    /// Also build kernel and initrd, for the microvm engine.
+    #[arg(long)]
+    with_kernel: bool,
+    /// Recipes to build (e.g. debian-12); default: those built on first use (tiny).
+    recipes: Vec<String>,
 }
 
 #[derive(clap::Args)]
@@ -82,20 +87,35 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Images(args) => {
             let storage = match Storage::new(&args.data_dir) {
-                Ok(s) => s,
+                Ok(s) => s.with_boot_files(args.with_kernel),
                 Err(e) => {
                     eprintln!("ec2d: {e}");
                     return ExitCode::FAILURE;
                 }
             };
             let mut ok = true;
-            for (recipe, name, _) in ec2d::api::images::BUILTINS {
-                match storage.ensure_builtin(recipe) {
-                    Ok(img) => println!("{name}: {}", img.root_image.display()),
+            let builtins = ec2d::api::images::BUILTINS;
+            for b in builtins {
+                let wanted = if args.recipes.is_empty() {
+                    !b.on_demand
+                } else {
+                    args.recipes.iter().any(|r| r == b.recipe)
+                };
+                if !wanted {
+                    continue;
+                }
+                match storage.ensure_builtin(b.recipe) {
+                    Ok(img) => println!("{}: {}", b.name, img.root_image.display()),
                     Err(e) => {
-                        eprintln!("ec2d: building {name} failed: {e}");
+                        eprintln!("ec2d: building {} failed: {e}", b.name);
                         ok = false;
                     }
+                }
+            }
+            for r in &args.recipes {
+                if !builtins.iter().any(|b| b.recipe == r) {
+                    eprintln!("ec2d: no built-in AMI recipe {r}");
+                    ok = false;
                 }
             }
             if ok {

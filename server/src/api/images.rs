@@ -24,12 +24,32 @@ pub const KIND: &str = "image";
 pub const BUILTIN_OWNER: &str = "137112412989";
 const BUILTIN_CREATED: &str = "2026-11-01T00:00:00.000Z";
 
-/// A built-in AMI: (recipe name, AMI name, description).
-pub const BUILTINS: &[(&str, &str, &str)] = &[(
-    "tiny",
-    "ec2d-tiny-x86_64",
-    "ec2d tiny: busybox with a small init; boots in well under a second",
-)];
+/// A built-in AMI, built by `fixtures/<recipe>/build`.
+pub struct Builtin {
+    pub recipe: &'static str,
+    pub name: &'static str,
+    pub description: &'static str,
+    /// Large images are built only when asked (`ec2d images <recipe>`), and appear in
+    /// DescribeImages once built.
+    pub on_demand: bool,
+}
+
+pub const BUILTINS: &[Builtin] = &[
+    Builtin {
+        recipe: "tiny",
+        name: "ec2d-tiny-x86_64",
+        description: "ec2d tiny: busybox with a small init; boots in well under a second",
+        on_demand: false,
+    },
+    Builtin {
+        recipe: "debian-12",
+        name: "debian-12-amd64-ec2d",
+        description: "Debian 12 (bookworm) with systemd, cloud-init and openssh-server",
+        on_demand: true,
+    },
+];
+
+const GIB: u64 = 1024 * 1024 * 1024;
 
 /// An account's AMI as stored.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -73,7 +93,8 @@ pub fn builtin_id(recipe: &str, region: &str) -> String {
     digest_id("ami", &format!("ec2d-builtin:{recipe}:{region}"))
 }
 
-fn builtin_image(recipe: &str, name: &str, description: &str, region: &str) -> Image {
+fn builtin_image(b: &Builtin, size_gib: i32, region: &str) -> Image {
+    let (recipe, name, description) = (b.recipe, b.name, b.description);
     Image {
         image_id: Some(builtin_id(recipe, region)),
         image_location: Some(format!("amazon/{name}")),
@@ -104,7 +125,7 @@ fn builtin_image(recipe: &str, name: &str, description: &str, region: &str) -> I
                     "snap",
                     &format!("ec2d-builtin:{recipe}:{region}"),
                 )),
-                volume_size: Some(1),
+                volume_size: Some(size_gib),
                 volume_type: Some("gp3".into()),
                 encrypted: Some(false),
                 ..Default::default()
@@ -115,10 +136,19 @@ fn builtin_image(recipe: &str, name: &str, description: &str, region: &str) -> I
     }
 }
 
-fn builtins(region: &str) -> Vec<Image> {
+/// The root volume size of a built-in AMI in GiB; on-demand ones exist only once built.
+fn builtin_size(ctx: &Ctx, b: &Builtin) -> Option<i32> {
+    if !b.on_demand {
+        return Some(1);
+    }
+    let bytes = ctx.api.cached_builtin_size(b.recipe)?;
+    i32::try_from(bytes.div_ceil(GIB)).ok()
+}
+
+fn builtins(ctx: &Ctx) -> Vec<Image> {
     BUILTINS
         .iter()
-        .map(|(recipe, name, desc)| builtin_image(recipe, name, desc, region))
+        .filter_map(|b| Some(builtin_image(b, builtin_size(ctx, b)?, ctx.region())))
         .collect()
 }
 
@@ -128,10 +158,8 @@ fn own_images(ctx: &Ctx) -> Result<Vec<ImageRecord>, ApiError> {
 
 /// Every image the caller may see: built-ins, its own, and others' public or shared ones.
 fn visible(ctx: &Ctx) -> Result<Vec<(Image, Vec<String>)>, ApiError> {
-    let mut out: Vec<(Image, Vec<String>)> = builtins(ctx.region())
-        .into_iter()
-        .map(|i| (i, Vec::new()))
-        .collect();
+    let mut out: Vec<(Image, Vec<String>)> =
+        builtins(ctx).into_iter().map(|i| (i, Vec::new())).collect();
     for (account, rec) in ctx.tx.list_region_wide::<ImageRecord>(KIND)? {
         let mine = account == ctx.account();
         let shared = rec.launch_accounts.iter().any(|a| a == ctx.account());
@@ -156,17 +184,21 @@ fn check_ami_id(id: &str) -> Result<(), ApiError> {
 /// Resolves an image for launching, building a built-in AMI on first use.
 pub fn resolve_for_launch(ctx: &Ctx, image_id: &str) -> Result<LaunchImage, ApiError> {
     check_ami_id(image_id)?;
-    for (recipe, name, desc) in BUILTINS {
-        if builtin_id(recipe, ctx.region()) == image_id {
-            let built = ctx.api.storage.ensure_builtin(recipe).map_err(|e| {
-                ApiError::internal(format!("building the built-in AMI {recipe} failed: {e}"))
+    for b in BUILTINS {
+        if builtin_id(b.recipe, ctx.region()) == image_id {
+            let size_gib = builtin_size(ctx, b).ok_or_else(|| image_not_found(image_id))?;
+            let built = ctx.api.storage.ensure_builtin(b.recipe).map_err(|e| {
+                ApiError::internal(format!(
+                    "building the built-in AMI {} failed: {e}",
+                    b.recipe
+                ))
             })?;
             return Ok(LaunchImage {
                 cmdline: built.manifest.kernel_cmdline.clone(),
-                image: builtin_image(recipe, name, desc, ctx.region()),
+                image: builtin_image(b, size_gib, ctx.region()),
                 root_source: built.root_image,
                 root_device: "/dev/xvda".into(),
-                root_size_gib: 1,
+                root_size_gib: size_gib,
                 kernel: built.kernel,
                 initrd: built.initrd,
             });
@@ -346,7 +378,7 @@ fn own_image(ctx: &Ctx, id: &str) -> Result<ImageRecord, ApiError> {
     check_ami_id(id)?;
     if BUILTINS
         .iter()
-        .any(|(r, _, _)| builtin_id(r, ctx.region()) == id)
+        .any(|b| builtin_id(b.recipe, ctx.region()) == id)
     {
         return Err(ApiError::new(
             "AuthFailure",

@@ -66,6 +66,9 @@ pub struct Api {
     /// Scopes whose defaults (default VPC and friends) are known to exist, so the common
     /// path never writes.
     seeded: Mutex<HashSet<(String, String)>>,
+    /// Root image sizes of on-demand built-in AMIs found in the cache, looked up once per
+    /// process (the lookup runs the recipe); `None` when not built.
+    on_demand: Mutex<std::collections::HashMap<String, Option<u64>>>,
 }
 
 /// A response ready for the wire.
@@ -81,7 +84,22 @@ impl Api {
             compute,
             storage,
             seeded: Mutex::new(HashSet::new()),
+            on_demand: Mutex::new(std::collections::HashMap::new()),
         }
+    }
+
+    /// The root image size of an on-demand built-in AMI, if `ec2d images` has built it.
+    pub fn cached_builtin_size(&self, recipe: &str) -> Option<u64> {
+        let mut known = self.on_demand.lock().unwrap_or_else(|p| p.into_inner());
+        *known.entry(recipe.to_string()).or_insert_with(|| {
+            match self.storage.cached_builtin(recipe) {
+                Ok(found) => found.map(|b| b.manifest.size_bytes),
+                Err(e) => {
+                    tracing::warn!(recipe, error = %e, "cannot look for a built-in AMI");
+                    None
+                }
+            }
+        })
     }
 
     /// Decodes, runs and encodes one EC2 action for an authenticated caller.
