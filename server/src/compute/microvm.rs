@@ -87,33 +87,60 @@ impl Engine for MicrovmEngine {
         let rx = vm.subscribe();
         std::thread::Builder::new()
             .name(format!("events-{}", spec.instance_id))
-            .spawn(move || {
-                let mut started = false;
-                for ev in rx {
-                    match ev {
-                        vmm::VmEvent::Started if !started => {
-                            started = true;
-                            events(MachineEvent::Started);
-                        }
-                        vmm::VmEvent::Rebooted => events(MachineEvent::Rebooted),
-                        vmm::VmEvent::Stopped(vmm::VmExit::Crashed(why)) => {
-                            events(MachineEvent::Crashed(why));
-                            break;
-                        }
-                        vmm::VmEvent::Stopped(_) => {
-                            events(MachineEvent::PoweredOff);
-                            break;
-                        }
-                        _ => {}
-                    }
-                }
-            })?;
+            .spawn(move || forward_events(rx, events))?;
         Ok(Box::new(MicroMachine { vm }))
     }
 
     /// VMs live inside ec2d's own process, so a crash leaves nothing behind on the host.
     fn cleanup_orphans(&self, _live: &[String]) -> Result<(), EngineError> {
         Ok(())
+    }
+}
+
+/// How long a guest may run before ec2d stops waiting for its init to report in: images that
+/// do not write the boot-timer page count as started after this.
+const INIT_REPORT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Maps VM events to machine events. `Started` means the guest's init runs, which the init
+/// reports by writing the boot-timer page; vCPUs starting is not enough.
+fn forward_events(rx: std::sync::mpsc::Receiver<vmm::VmEvent>, events: EventSink) {
+    use std::sync::mpsc::RecvTimeoutError;
+    let deadline = std::time::Instant::now() + INIT_REPORT_TIMEOUT;
+    let mut started = false;
+    loop {
+        let ev = if started {
+            match rx.recv() {
+                Ok(ev) => ev,
+                Err(_) => return,
+            }
+        } else {
+            match rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
+                Ok(ev) => ev,
+                Err(RecvTimeoutError::Timeout) => {
+                    tracing::warn!("guest init did not report in; counting the machine as started");
+                    started = true;
+                    events(MachineEvent::Started);
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+        };
+        match ev {
+            vmm::VmEvent::BootTimer { .. } if !started => {
+                started = true;
+                events(MachineEvent::Started);
+            }
+            vmm::VmEvent::Rebooted => events(MachineEvent::Rebooted),
+            vmm::VmEvent::Stopped(vmm::VmExit::Crashed(why)) => {
+                events(MachineEvent::Crashed(why));
+                return;
+            }
+            vmm::VmEvent::Stopped(_) => {
+                events(MachineEvent::PoweredOff);
+                return;
+            }
+            _ => {}
+        }
     }
 }
 
