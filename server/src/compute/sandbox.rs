@@ -55,6 +55,13 @@ const CONSOLE_LOG_KEEP: usize = 256 * 1024;
 /// Printed by the setup script right before it execs init. Only looked for before init
 /// runs (the guest cannot forge it then), and stripped from the console.
 const EXEC_MARKER: &[u8] = b"\x1eec2d-sandbox-exec\n";
+/// Printed by the setup script (instead of starting init) when the volume's init is not the
+/// flavour the engine guessed; followed by the flavour's name and a newline.
+const FLAVOUR_MARKER: &[u8] = b"\x1eec2d-sandbox-flavour ";
+/// Remembers a machine's init flavour in its state directory, so later boots skip the probe.
+const FLAVOUR_FILE: &str = "init-flavour";
+/// systemd's SIGRTMIN+4 (glibc's SIGRTMIN is 34): power off.
+const SIGRTMIN_4: &str = "38";
 /// Prefix of argv[0] of the setup script (so also in `unshare`'s argv); followed by
 /// `<scope>:<instance id>`.
 const ARGV_TAG: &str = "ec2d-sandbox:";
@@ -63,6 +70,11 @@ const ARGV_TAG: &str = "ec2d-sandbox:";
 const REBOOT_GRACE: Duration = Duration::from_secs(120);
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 const CGROUP_CONTROLLERS: [&str; 3] = ["cpu", "memory", "pids"];
+/// The cgroup v1 `name=systemd` hierarchy: a systemd guest's cgroup namespace is rooted at
+/// `systemd/ec2d/<id>`, and systemd makes its own cgroups below it.
+const CGROUP_SYSTEMD: &str = "systemd";
+/// Every hierarchy that may hold a machine's cgroup.
+const CGROUP_HIERARCHIES: [&str; 4] = ["cpu", "memory", "pids", CGROUP_SYSTEMD];
 const CGROUP_PARENT: &str = "ec2d";
 const CFS_PERIOD_US: u64 = 100_000;
 /// A fixed PATH for every tool we run, so the host's environment cannot change them.
@@ -73,6 +85,13 @@ const CAP_SYS_ADMIN: u32 = 21;
 /// forks) and becomes `unshare`, whose child is PID 1 of the new pid namespace.
 const OUTER_SCRIPT: &str = r#"
 for f in $EC2D_CGROUP_PROCS; do echo $$ > "$f" || :; done
+if [ "$EC2D_FLAVOUR" = systemd ]; then
+    # systemd wants a pty as its console: script(1) allocates one, copies its master to our
+    # stdout and exits 128+N when its child (unshare) dies by signal N. Neither script nor
+    # unshare may die of the SIGHUP that agetty's vhangup() of the console sends.
+    trap '' HUP
+    exec "$EC2D_SCRIPT" -qefc "$EC2D_PTY_CMD" /dev/null
+fi
 exec "$EC2D_UNSHARE" --fork --kill-child --pid --mount --uts --ipc --net --propagation private \
     -- "$EC2D_SH" -c "$EC2D_SETUP" "$0" "$@"
 "#;
@@ -83,6 +102,10 @@ const SETUP_SCRIPT: &str = r#"
 set -eu
 R=$EC2D_ROOT
 mount -o rw "$EC2D_ROOT_DEV" "$R"
+# Which init the volume has: systemd needs a different setup (cgroups, pty console) and
+# different signals. A mismatch with what the engine guessed ends this boot with a note.
+case "$(readlink "$R/sbin/init" 2>/dev/null)" in */systemd) F=systemd ;; *) F=tiny ;; esac
+if [ "$F" != "$EC2D_FLAVOUR" ]; then printf '\036ec2d-sandbox-flavour %s\n' "$F"; exit 0; fi
 for d in proc sys dev; do [ -d "$R/$d" ] || mkdir -p "$R/$d"; done
 mount -t proc -o nosuid,nodev,noexec proc "$R/proc"
 # Read-only: the guest is real root, and sysfs writes would reach host devices.
@@ -104,6 +127,22 @@ eval "$EC2D_DISK_NODES"
 
 printf '%s' "$EC2D_HOSTNAME" > /proc/sys/kernel/hostname
 
+if [ "$EC2D_FLAVOUR" = systemd ]; then
+    # Legacy cgroup layout: the name=systemd hierarchy, whose root in our cgroup namespace is
+    # the machine's own cgroup; a tmpfs /run; the pty (our stdio) as /dev/console.
+    mount -t tmpfs -o nosuid,nodev,noexec,mode=755,size=4m ec2d-cgroup "$R/sys/fs/cgroup"
+    mkdir "$R/sys/fs/cgroup/systemd"
+    mount -t cgroup -o none,name=systemd,nosuid,nodev,noexec cgroup "$R/sys/fs/cgroup/systemd"
+    mount -t tmpfs -o nosuid,nodev,mode=755,size=64m ec2d-run "$R/run"
+    T=$(tty)
+    : > "$D/console"
+    chmod 600 "$D/console"
+    mount --bind "$T" "$D/console"
+    printf '\036ec2d-sandbox-exec\n'
+    exec env -i -- "$@" container=ec2d "$EC2D_CHROOT" "$R" /sbin/init <"$D/console" >"$D/console" 2>&1
+fi
+
+
 printf '\036ec2d-sandbox-exec\n'
 exec env -i -- "$@" "$EC2D_CHROOT" "$R" /sbin/init
 "#;
@@ -116,6 +155,39 @@ struct Tools {
     losetup: PathBuf,
     chroot: PathBuf,
     umount: PathBuf,
+    /// util-linux `script` (a pty for systemd's console) and `kill` (real-time signals);
+    /// only systemd guests need them.
+    script: Option<PathBuf>,
+    kill: Option<PathBuf>,
+}
+
+/// What the root volume's `/sbin/init` is, which decides setup, console and signals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum Flavour {
+    /// Anything but systemd, e.g. the tiny AMI's: console on a pipe, SIGUSR2 powers off
+    /// (exit 0), SIGTERM reboots (exit 129).
+    #[default]
+    Tiny,
+    /// systemd: cgroup namespace, console on a pty, SIGRTMIN+4 powers off (dies by SIGINT),
+    /// SIGINT reboots (dies by SIGHUP).
+    Systemd,
+}
+
+impl Flavour {
+    fn name(self) -> &'static str {
+        match self {
+            Flavour::Tiny => "tiny",
+            Flavour::Systemd => "systemd",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Flavour> {
+        match s.trim() {
+            "tiny" => Some(Flavour::Tiny),
+            "systemd" => Some(Flavour::Systemd),
+            _ => None,
+        }
+    }
 }
 
 /// Host objects of one machine, kept on disk so a later ec2d can remove them.
@@ -178,6 +250,8 @@ impl SandboxEngine {
             losetup: find("losetup")?,
             chroot: find("chroot")?,
             umount: find("umount")?,
+            script: find_tool("script"),
+            kill: find_tool("kill"),
         };
         for name in ["mount", "env", "mknod", "cp"] {
             find(name)?;
@@ -279,7 +353,18 @@ impl SandboxEngine {
             Ok(())
         })();
         match result {
-            Ok(()) => dirs,
+            Ok(()) => {
+                // systemd guests need a cgroup of their own in the name=systemd hierarchy.
+                let systemd = Path::new(CGROUP_ROOT).join(CGROUP_SYSTEMD);
+                if systemd.join("cgroup.procs").exists() {
+                    let dir = cgroup_dir(CGROUP_SYSTEMD, &spec.instance_id);
+                    match fs::create_dir_all(&dir) {
+                        Ok(()) => dirs.push(dir),
+                        Err(e) => tracing::warn!(cgroup = %dir.display(), "cannot create: {e}"),
+                    }
+                }
+                dirs
+            }
             Err(e) => {
                 self.warn_cgroups(&format!("cannot create cgroups: {e}"));
                 for dir in dirs.iter().rev() {
@@ -341,7 +426,7 @@ impl Engine for SandboxEngine {
         // Objects under this id that no machine of ours owns are left from an earlier
         // ec2d; they would share the cgroups (and the volume) with the new machine.
         let stale = self.record_path(&id).exists()
-            || CGROUP_CONTROLLERS
+            || CGROUP_HIERARCHIES
                 .iter()
                 .any(|c| cgroup_dir(c, &id).exists());
         if stale {
@@ -439,7 +524,13 @@ impl Engine for SandboxEngine {
             scope: self.scope.clone(),
             running: Arc::clone(&self.running),
             events,
-            ctl: Mutex::new(Ctl::default()),
+            ctl: Mutex::new(Ctl {
+                flavour: fs::read_to_string(state_dir.join(FLAVOUR_FILE))
+                    .ok()
+                    .and_then(|s| Flavour::parse(&s))
+                    .unwrap_or_default(),
+                ..Ctl::default()
+            }),
             changed: Condvar::new(),
             console: Mutex::new(console),
         });
@@ -526,7 +617,7 @@ impl SandboxEngine {
         let recorded_ids: BTreeSet<String> =
             records.iter().map(|(_, r)| r.instance_id.clone()).collect();
         let mut dead_cgroups = Vec::new();
-        for ctrl in CGROUP_CONTROLLERS {
+        for ctrl in CGROUP_HIERARCHIES {
             let parent = Path::new(CGROUP_ROOT).join(ctrl).join(CGROUP_PARENT);
             let Ok(dir) = fs::read_dir(&parent) else {
                 continue;
@@ -536,7 +627,7 @@ impl SandboxEngine {
                 // A cgroup is ours if we recorded it or one of our processes is in it.
                 let ours = recorded_ids.contains(&name) || tagged_ids.contains(&name);
                 if entry.path().is_dir() && doomed(&name) && ours {
-                    victims.extend(cgroup_pids(&entry.path()));
+                    victims.extend(cgroup_tree_pids(&entry.path()));
                     dead_cgroups.push(entry.path());
                 }
             }
@@ -550,7 +641,7 @@ impl SandboxEngine {
         }
         // Anything that joined a cgroup while we were killing (a setup script mid-fork).
         for cg in &dead_cgroups {
-            for pid in cgroup_pids(cg) {
+            for pid in cgroup_tree_pids(cg) {
                 let _ = send_signal(Pid::from_raw(pid), Signal::SIGKILL);
             }
         }
@@ -625,6 +716,12 @@ struct Ctl {
     boot: u64,
     /// Torn down; the terminal event has been (or is being) sent.
     gone: bool,
+    /// The flavour the next boot is set up for (what the volume's init was last seen to be).
+    flavour: Flavour,
+    /// The flavour the current boot was set up for.
+    boot_flavour: Flavour,
+    /// The current boot found the volume's init to be of another flavour and ended itself.
+    flavour_switch: bool,
 }
 
 struct Inner {
@@ -650,6 +747,10 @@ enum Outcome {
 }
 
 impl Inner {
+    fn flavour_path(&self) -> PathBuf {
+        self.spec.state_dir.join(FLAVOUR_FILE)
+    }
+
     fn lock_ctl(&self) -> MutexGuard<'_, Ctl> {
         // A panic while holding the lock leaves plain data behind; keep going.
         self.ctl.lock().unwrap_or_else(|p| p.into_inner())
@@ -663,6 +764,7 @@ impl Inner {
     /// sees the new PID or has already set `PowerOff` (which the caller checks first).
     fn boot(&self, ctl: &mut Ctl) -> io::Result<(Child, PipeReader)> {
         let spec = &self.spec;
+        let flavour = ctl.flavour;
         // stdout and stderr share one pipe so the console keeps their interleaving.
         let (reader, writer) = io::pipe()?;
         let writer2 = writer.try_clone()?;
@@ -690,12 +792,34 @@ impl Inner {
             .join(" ");
         // The kernel keeps at most 64 bytes of a hostname.
         let hostname: String = spec.hostname.chars().take(64).collect();
+        let tag = format!("{ARGV_TAG}{}:{}", self.scope, spec.instance_id);
         let mut cmd = Command::new(&self.tools.sh);
+        cmd.env_clear();
+        if flavour == Flavour::Systemd {
+            let script = self.tools.script.as_ref().ok_or_else(|| {
+                io::Error::other("a systemd guest needs util-linux `script` for its console")
+            })?;
+            // The command script(1) runs (with $SHELL -c) on the pty: unshare as for any
+            // guest, plus a cgroup namespace rooted at the machine's own cgroups.
+            let mut pty_cmd = format!(
+                "trap '' HUP; exec {} --fork --kill-child --pid --mount --uts --ipc --net \
+                 --cgroup --propagation private -- {} -c \"$EC2D_SETUP\"",
+                sh_quote(&self.tools.unshare.to_string_lossy()),
+                sh_quote(&self.tools.sh.to_string_lossy()),
+            );
+            for word in std::iter::once(&tag).chain(&env_words) {
+                pty_cmd.push(' ');
+                pty_cmd.push_str(&sh_quote(word));
+            }
+            cmd.env("EC2D_SCRIPT", script)
+                .env("SHELL", &self.tools.sh)
+                .env("EC2D_PTY_CMD", pty_cmd);
+        }
         cmd.arg("-c")
             .arg(OUTER_SCRIPT)
-            .arg(format!("{ARGV_TAG}{}:{}", self.scope, spec.instance_id))
+            .arg(&tag)
             .args(&env_words)
-            .env_clear()
+            .env("EC2D_FLAVOUR", flavour.name())
             .env("PATH", SAFE_PATH)
             .env("EC2D_CGROUP_PROCS", cgroup_procs)
             .env("EC2D_UNSHARE", &self.tools.unshare)
@@ -716,6 +840,8 @@ impl Inner {
         drop(cmd);
         ctl.unshare_pid = i32::try_from(child.id()).ok();
         ctl.started = false;
+        ctl.boot_flavour = flavour;
+        ctl.flavour_switch = false;
         ctl.boot += 1;
         self.changed.notify_all();
         Ok((child, reader))
@@ -738,7 +864,12 @@ impl Inner {
             let mut ctl = self.lock_ctl();
             let intent = std::mem::take(&mut ctl.intent);
             let outcome = match status {
-                Ok(status) => self.classify(status, started, intent),
+                Ok(status) if ctl.flavour_switch && intent != Intent::PowerOff => {
+                    tracing::info!(instance = %id, status = %status, flavour = ctl.flavour.name(),
+                        "restarting the boot for the volume's init flavour");
+                    Outcome::Reboot
+                }
+                Ok(status) => self.classify(status, started, intent, ctl.boot_flavour),
                 Err(e) => Outcome::Crashed(format!("cannot reap sandbox: {e}")),
             };
             match outcome {
@@ -767,8 +898,23 @@ impl Inner {
         (self.events)(terminal);
     }
 
-    fn classify(&self, status: ExitStatus, started: bool, intent: Intent) -> Outcome {
-        let sig = status.signal();
+    fn classify(
+        &self,
+        status: ExitStatus,
+        started: bool,
+        intent: Intent,
+        flavour: Flavour,
+    ) -> Outcome {
+        let mut sig = status.signal();
+        let mut code = status.code();
+        // script(1) reports its child's death by signal N as exit status 128+N.
+        if flavour == Flavour::Systemd
+            && let Some(c) = code
+            && c > 128
+        {
+            sig = Some(c - 128);
+            code = None;
+        }
         if intent == Intent::PowerOff {
             return Outcome::PoweredOff;
         }
@@ -781,7 +927,7 @@ impl Inner {
         }
         // reboot(2) in a pid namespace kills its init with SIGHUP, power-off with SIGINT;
         // the tiny AMI's init exits 129 to reboot and 0 to power off.
-        match (status.code(), sig) {
+        match (code, sig) {
             (Some(129), _) | (_, Some(1)) => Outcome::Reboot,
             (Some(0), _) | (_, Some(2)) => Outcome::PoweredOff,
             (_, Some(9)) => {
@@ -803,6 +949,9 @@ impl Inner {
         let mut buf = vec![0u8; 16 * 1024];
         let mut pending: Vec<u8> = Vec::new();
         let mut started = false;
+        // A pty console (systemd's) ends lines with \r\n (and systemd adds one more \r):
+        // the log keeps plain \n.
+        let strip_cr = self.lock_ctl().boot_flavour == Flavour::Systemd;
         loop {
             let n = match reader.read(&mut buf) {
                 Ok(0) => break,
@@ -813,11 +962,34 @@ impl Inner {
                     break;
                 }
             };
+            let cleaned: Vec<u8>;
+            let data = if strip_cr {
+                cleaned = buf[..n].iter().copied().filter(|&b| b != b'\r').collect();
+                &cleaned[..]
+            } else {
+                &buf[..n]
+            };
             if started {
-                self.lock_console().append(&buf[..n]);
+                self.lock_console().append(data);
                 continue;
             }
-            pending.extend_from_slice(&buf[..n]);
+            pending.extend_from_slice(data);
+            if let Some(pos) = find(&pending, FLAVOUR_MARKER)
+                && let Some(end) = pending[pos..].iter().position(|&b| b == b'\n')
+            {
+                let name = String::from_utf8_lossy(&pending[pos + FLAVOUR_MARKER.len()..pos + end])
+                    .into_owned();
+                if let Some(flavour) = Flavour::parse(&name) {
+                    let mut ctl = self.lock_ctl();
+                    ctl.flavour = flavour;
+                    ctl.flavour_switch = true;
+                    drop(ctl);
+                    if let Err(e) = fs::write(self.flavour_path(), flavour.name()) {
+                        tracing::warn!(instance = %self.spec.instance_id, "cannot record init flavour: {e}");
+                    }
+                }
+                pending.drain(pos..pos + end + 1);
+            }
             if let Some(pos) = find(&pending, EXEC_MARKER) {
                 let rest = pending.split_off(pos + EXEC_MARKER.len());
                 pending.truncate(pos);
@@ -843,8 +1015,37 @@ impl Inner {
     }
 
     fn signal_init(&self, ctl: &Ctl, sig: Signal) {
-        if let Some(pid) = ctl.unshare_pid.and_then(init_pid) {
+        if let Some(pid) = ctl.unshare_pid.and_then(|p| init_pid(p, ctl.boot_flavour)) {
             let _ = send_signal(Pid::from_raw(pid), sig);
+        }
+    }
+
+    /// Asks init to power off (`true`) or reboot, in its flavour's language.
+    fn request(&self, ctl: &Ctl, power_off: bool) {
+        match (ctl.boot_flavour, power_off) {
+            (Flavour::Tiny, true) => self.signal_init(ctl, Signal::SIGUSR2),
+            (Flavour::Tiny, false) => self.signal_init(ctl, Signal::SIGTERM),
+            (Flavour::Systemd, false) => self.signal_init(ctl, Signal::SIGINT),
+            (Flavour::Systemd, true) => {
+                // SIGRTMIN+4 is outside nix's Signal enum: kill(1) sends it.
+                let Some(pid) = ctl.unshare_pid.and_then(|p| init_pid(p, ctl.boot_flavour))
+                else {
+                    return;
+                };
+                let Some(kill) = &self.tools.kill else {
+                    tracing::warn!(instance = %self.spec.instance_id, "no kill(1) for SIGRTMIN+4; asking systemd to halt with SIGTERM is not possible");
+                    return;
+                };
+                let out = Command::new(kill)
+                    .args(["-s", SIGRTMIN_4, &pid.to_string()])
+                    .env_clear()
+                    .env("PATH", SAFE_PATH)
+                    .stdin(Stdio::null())
+                    .output();
+                if let Err(e) = out {
+                    tracing::warn!(instance = %self.spec.instance_id, "kill -s {SIGRTMIN_4}: {e}");
+                }
+            }
         }
     }
 }
@@ -888,24 +1089,48 @@ impl Drop for Claim<'_> {
     }
 }
 
-/// SIGKILLs init (the kernel then kills the whole pid namespace) and `unshare`.
+/// SIGKILLs init (the kernel then kills the whole pid namespace), then `unshare` (and
+/// `script` above it for a systemd guest).
 fn kill_now(ctl: &Ctl) {
-    if let Some(unshare) = ctl.unshare_pid {
-        if let Some(init) = init_pid(unshare) {
-            let _ = send_signal(Pid::from_raw(init), Signal::SIGKILL);
+    if let Some(top) = ctl.unshare_pid {
+        let mut chain = vec![top];
+        let depth = match ctl.boot_flavour {
+            Flavour::Tiny => 1,
+            Flavour::Systemd => 2,
+        };
+        for _ in 0..depth {
+            match chain.last().copied().and_then(only_child) {
+                Some(c) => chain.push(c),
+                None => break,
+            }
         }
-        let _ = send_signal(Pid::from_raw(unshare), Signal::SIGKILL);
+        for &pid in chain.iter().rev() {
+            let _ = send_signal(Pid::from_raw(pid), Signal::SIGKILL);
+        }
     }
 }
 
-/// Host PID of the namespace's init: the only child of `unshare`.
-fn init_pid(unshare: i32) -> Option<i32> {
-    fs::read_to_string(format!("/proc/{unshare}/task/{unshare}/children"))
+/// Host PID of the namespace's init: the only child of `unshare`, which is our child
+/// (tiny) or the child of `script` (systemd).
+fn init_pid(top: i32, flavour: Flavour) -> Option<i32> {
+    match flavour {
+        Flavour::Tiny => only_child(top),
+        Flavour::Systemd => only_child(only_child(top)?),
+    }
+}
+
+fn only_child(pid: i32) -> Option<i32> {
+    fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
         .ok()?
         .split_whitespace()
         .next()?
         .parse()
         .ok()
+}
+
+/// Quotes a word for sh.
+fn sh_quote(word: &str) -> String {
+    format!("'{}'", word.replace('\'', "'\\''"))
 }
 
 /// Handle on a sandbox machine. Dropping it does not stop the machine (ec2d's lifecycle
@@ -938,7 +1163,7 @@ impl Machine for SandboxMachine {
             kill_now(&ctl);
             return;
         }
-        inner.signal_init(&ctl, Signal::SIGUSR2);
+        inner.request(&ctl, true);
         drop(ctl);
         let inner = Arc::clone(inner);
         let _ = std::thread::Builder::new()
@@ -983,7 +1208,7 @@ impl Machine for SandboxMachine {
             return;
         }
         ctl.intent = Intent::Reboot;
-        inner.signal_init(&ctl, Signal::SIGTERM);
+        inner.request(&ctl, false);
         let boot = ctl.boot;
         drop(ctl);
         let inner = Arc::clone(inner);
@@ -1232,6 +1457,15 @@ fn losetup_detach(tools: &Tools, device: &str) {
 /// With `kill`, whatever is still inside is SIGKILLed; without (a teardown after our own
 /// processes were reaped), anything inside belongs to someone else and is left alone.
 fn remove_cgroup(dir: &Path, kill: bool) {
+    // A systemd guest makes cgroups of its own below the machine's: those go first,
+    // deepest first (a cgroup with children cannot be removed).
+    if let Ok(entries) = fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup(&entry.path(), kill);
+            }
+        }
+    }
     // Under load (hundreds of machines stopping at once) the last task can take seconds to leave.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
@@ -1265,6 +1499,19 @@ fn cgroup_pids(dir: &Path) -> Vec<i32> {
     fs::read_to_string(dir.join("cgroup.procs"))
         .map(|s| s.lines().filter_map(|l| l.trim().parse().ok()).collect())
         .unwrap_or_default()
+}
+
+/// The PIDs in a cgroup and in all cgroups below it.
+fn cgroup_tree_pids(dir: &Path) -> Vec<i32> {
+    let mut pids = cgroup_pids(dir);
+    if let Ok(entries) = fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                pids.extend(cgroup_tree_pids(&entry.path()));
+            }
+        }
+    }
+    pids
 }
 
 fn cgroup_oom_kills(cgroups: &[PathBuf]) -> Option<u64> {
