@@ -227,7 +227,7 @@ fn host_leftovers(id: &str, image: &Path) -> Vec<String> {
             found.push(format!("mount: {line}"));
         }
     }
-    for ctrl in ["cpu", "memory", "pids"] {
+    for ctrl in ["cpu", "memory", "pids", "systemd"] {
         let dir = Path::new("/sys/fs/cgroup").join(ctrl).join("ec2d").join(id);
         if dir.exists() {
             found.push(format!("cgroup {}", dir.display()));
@@ -636,6 +636,88 @@ fn tiny_ami_init_boots_reboots_and_powers_off() {
     let text = String::from_utf8_lossy(&machine.console()).into_owned();
     assert!(text.contains("ec2d-tiny: powering off"), "{text}");
     eprintln!("tiny console:\n{text}");
+    assert_eq!(
+        events.snapshot(),
+        vec![
+            MachineEvent::Started,
+            MachineEvent::Rebooted,
+            MachineEvent::PoweredOff
+        ]
+    );
+    assert_clean(&id, &fx.image);
+}
+
+/// The debian-12 AMI (systemd as init) boots to a login prompt, reboots (SIGINT → systemd
+/// reboots, unshare dies by SIGHUP), powers off cleanly within the grace (SIGRTMIN+4 →
+/// "Powering off", dies by SIGINT) and leaves the host clean, nested cgroups included. Needs
+/// the built image: $EC2D_DEBIAN12_IMAGE or .cache/debian-12/out/root.img (built with
+/// `bash fixtures/debian-12/build .cache/debian-12/out`); it boots a copy.
+#[test]
+fn debian12_systemd_boots_reboots_and_powers_off() {
+    let image = std::env::var_os("EC2D_DEBIAN12_IMAGE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache/debian-12/out/root.img")
+        });
+    if !image.is_file() {
+        eprintln!(
+            "\n*** SKIPPED debian-12 systemd test: no image at {} (set EC2D_DEBIAN12_IMAGE or \
+             run `bash fixtures/debian-12/build .cache/debian-12/out`) ***\n",
+            image.display()
+        );
+        return;
+    }
+    if !Path::new("/sys/fs/cgroup/systemd/cgroup.procs").exists() {
+        eprintln!("\n*** SKIPPED debian-12 systemd test: no cgroup v1 name=systemd hierarchy at /sys/fs/cgroup/systemd ***\n");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = tmp.path().join("data");
+    std::fs::create_dir_all(&data_dir).unwrap();
+    let copy = tmp.path().join("root.img");
+    let out = Command::new("cp")
+        .arg("--sparse=always")
+        .arg(&image)
+        .arg(&copy)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "cp: {}", String::from_utf8_lossy(&out.stderr));
+    let fx = Fixture {
+        _tmp: tmp,
+        data_dir,
+        image: copy,
+    };
+    let Some(engine) = engine(&fx.data_dir) else {
+        return;
+    };
+    let id = instance_id();
+    let spec = spec(&fx, &id);
+    let events = Arc::new(Events::default());
+    let t0 = Instant::now();
+    let machine = engine.launch(spec, events.sink()).expect("launch");
+    events.wait("Started", Duration::from_secs(30), |e| {
+        e.contains(&MachineEvent::Started)
+    });
+    let text = wait_console(machine.as_ref(), " login: ", 1, Duration::from_secs(180));
+    eprintln!("debian-12 login prompt after {:?}", t0.elapsed());
+    assert!(text.contains("Welcome to"), "{text}");
+    assert!(text.contains("multi-user.target"), "{text}");
+    assert!(!text.contains('\r'), "console keeps \\r");
+    machine.reboot();
+    events.wait("Rebooted", Duration::from_secs(60), |e| {
+        e.contains(&MachineEvent::Rebooted)
+    });
+    let text = wait_console(machine.as_ref(), " login: ", 2, Duration::from_secs(180));
+    assert!(text.contains("Rebooting."), "{text}");
+    let t1 = Instant::now();
+    machine.shutdown(Duration::from_secs(10));
+    events.wait("PoweredOff", Duration::from_secs(15), |e| {
+        e.contains(&MachineEvent::PoweredOff)
+    });
+    eprintln!("debian-12 PoweredOff {:?} after shutdown", t1.elapsed());
+    assert!(t1.elapsed() < Duration::from_secs(10), "needed the grace");
+    let text = String::from_utf8_lossy(&machine.console()).into_owned();
+    assert!(text.contains("Powering off."), "{text}");
     assert_eq!(
         events.snapshot(),
         vec![
