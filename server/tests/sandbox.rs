@@ -668,7 +668,9 @@ fn debian12_systemd_boots_reboots_and_powers_off() {
         return;
     }
     if !Path::new("/sys/fs/cgroup/systemd/cgroup.procs").exists() {
-        eprintln!("\n*** SKIPPED debian-12 systemd test: no cgroup v1 name=systemd hierarchy at /sys/fs/cgroup/systemd ***\n");
+        eprintln!(
+            "\n*** SKIPPED debian-12 systemd test: no cgroup v1 name=systemd hierarchy at /sys/fs/cgroup/systemd ***\n"
+        );
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -681,7 +683,11 @@ fn debian12_systemd_boots_reboots_and_powers_off() {
         .arg(&copy)
         .output()
         .unwrap();
-    assert!(out.status.success(), "cp: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "cp: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let fx = Fixture {
         _tmp: tmp,
         data_dir,

@@ -1028,8 +1028,7 @@ impl Inner {
             (Flavour::Systemd, false) => self.signal_init(ctl, Signal::SIGINT),
             (Flavour::Systemd, true) => {
                 // SIGRTMIN+4 is outside nix's Signal enum: kill(1) sends it.
-                let Some(pid) = ctl.unshare_pid.and_then(|p| init_pid(p, ctl.boot_flavour))
-                else {
+                let Some(pid) = ctl.unshare_pid.and_then(|p| init_pid(p, ctl.boot_flavour)) else {
                     return;
                 };
                 let Some(kill) = &self.tools.kill else {
