@@ -51,38 +51,50 @@ fn shape_type<'a>(shapes: &'a Map<String, Value>, name: &str) -> Option<&'a str>
     shapes.get(name)?.get("type")?.as_str()
 }
 
-/// Rewrites what our types serialise to into the case files' normal form: blobs as UTF-8
-/// text, timestamps as epoch seconds.
-fn normalise(v: &mut Value, shape: &str, shapes: &Map<String, Value>) {
+/// Walks a value along its shape and lets `leaf` rewrite every scalar by its shape type.
+fn walk(v: &mut Value, shape: &str, shapes: &Map<String, Value>, leaf: &dyn Fn(&mut Value, &str)) {
     let Some(def) = shapes.get(shape) else { return };
+    let target = |key: &str| {
+        def.get(key)
+            .and_then(|m| m.get("shape"))
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+    };
     match shape_type(shapes, shape) {
         Some("structure") => {
-            if let (Some(obj), Some(members)) = (
-                v.as_object_mut(),
-                def.get("members").and_then(Value::as_object),
-            ) {
-                for (k, val) in obj.iter_mut() {
-                    if let Some(s) = members
-                        .get(k)
-                        .and_then(|m| m.get("shape"))
-                        .and_then(Value::as_str)
-                    {
-                        normalise(val, s, shapes);
-                    }
+            let Some(members) = def.get("members").and_then(Value::as_object) else {
+                return;
+            };
+            for (k, val) in v.as_object_mut().into_iter().flatten() {
+                if let Some(s) = members
+                    .get(k)
+                    .and_then(|m| m.get("shape"))
+                    .and_then(Value::as_str)
+                {
+                    walk(val, s, shapes, leaf);
                 }
             }
         }
         Some("list") => {
-            let inner = def
-                .get("member")
-                .and_then(|m| m.get("shape"))
-                .and_then(Value::as_str)
-                .unwrap_or_default();
             for item in v.as_array_mut().into_iter().flatten() {
-                normalise(item, inner, shapes);
+                walk(item, target("member"), shapes, leaf);
             }
         }
-        Some("blob") => {
+        Some("map") => {
+            for item in v.as_object_mut().into_iter().flat_map(|o| o.values_mut()) {
+                walk(item, target("value"), shapes, leaf);
+            }
+        }
+        Some(t) => leaf(v, t),
+        None => {}
+    }
+}
+
+/// Rewrites what our types serialise to into the case files' normal form: blobs as UTF-8
+/// text, timestamps as epoch seconds.
+fn normalise(v: &mut Value, shape: &str, shapes: &Map<String, Value>) {
+    walk(v, shape, shapes, &|v, t| match t {
+        "blob" => {
             if let Some(s) = v.as_str() {
                 let bytes = base64::engine::general_purpose::STANDARD
                     .decode(s)
@@ -90,62 +102,24 @@ fn normalise(v: &mut Value, shape: &str, shapes: &Map<String, Value>) {
                 *v = Value::String(String::from_utf8_lossy(&bytes).into_owned());
             }
         }
-        Some("timestamp") => {
+        "timestamp" => {
             if let Some(t) = v.as_str().and_then(Timestamp::parse) {
                 *v = serde_json::json!(t.0.timestamp_millis() as f64 / 1000.0);
             }
         }
         _ => {}
-    }
+    });
 }
 
 /// The reverse, for results to encode: blob text to base64.
 fn denormalise(v: &mut Value, shape: &str, shapes: &Map<String, Value>) {
-    let Some(def) = shapes.get(shape) else { return };
-    match shape_type(shapes, shape) {
-        Some("structure") => {
-            if let (Some(obj), Some(members)) = (
-                v.as_object_mut(),
-                def.get("members").and_then(Value::as_object),
-            ) {
-                for (k, val) in obj.iter_mut() {
-                    if let Some(s) = members
-                        .get(k)
-                        .and_then(|m| m.get("shape"))
-                        .and_then(Value::as_str)
-                    {
-                        denormalise(val, s, shapes);
-                    }
-                }
-            }
+    walk(v, shape, shapes, &|v, t| {
+        if t == "blob"
+            && let Some(s) = v.as_str()
+        {
+            *v = Value::String(base64::engine::general_purpose::STANDARD.encode(s.as_bytes()));
         }
-        Some("list") => {
-            let inner = def
-                .get("member")
-                .and_then(|m| m.get("shape"))
-                .and_then(Value::as_str)
-                .unwrap_or_default();
-            for item in v.as_array_mut().into_iter().flatten() {
-                denormalise(item, inner, shapes);
-            }
-        }
-        Some("map") => {
-            let inner = def
-                .get("value")
-                .and_then(|m| m.get("shape"))
-                .and_then(Value::as_str)
-                .unwrap_or_default();
-            for item in v.as_object_mut().into_iter().flat_map(|o| o.values_mut()) {
-                denormalise(item, inner, shapes);
-            }
-        }
-        Some("blob") => {
-            if let Some(s) = v.as_str() {
-                *v = Value::String(base64::engine::general_purpose::STANDARD.encode(s.as_bytes()));
-            }
-        }
-        _ => {}
-    }
+    });
 }
 
 /// Equality with numbers compared by value (5 == 5.0). serde_json has no NaN or infinity,
