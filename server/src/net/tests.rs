@@ -1605,7 +1605,7 @@ struct Recorder {
 }
 
 impl LocalService for Recorder {
-    fn handle(&mut self, port: PortId, frame: &[u8]) -> Vec<Vec<u8>> {
+    fn handle(&mut self, port: PortId, frame: &[u8], _now: Instant) -> Vec<Vec<u8>> {
         if let Ok(mut seen) = self.seen.lock() {
             seen.push((port, frame.to_vec()));
         }

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
 use smoltcp::wire::{EthernetAddress, EthernetFrame, EthernetProtocol};
@@ -20,8 +20,24 @@ const IMDS_PORT: u16 = 80;
 /// A service the fabric hosts at a link-local address (IMDS). It is handed the raw frames a port
 /// sends to it, and the port they came from: that port, never a source address inside the frame,
 /// is the caller's identity. The frames it returns go back to the same port.
+///
+/// A service that keeps state between frames (a TCP stack) is also polled by the runtime, at
+/// least as often as [`LocalService::poll_delay`] asks, for retransmissions and timeouts.
 pub trait LocalService {
-    fn handle(&mut self, port: PortId, frame: &[u8]) -> Vec<Vec<u8>>;
+    fn handle(&mut self, port: PortId, frame: &[u8], now: Instant) -> Vec<Vec<u8>>;
+
+    /// Frames the service sends on its own (retransmissions, late replies), each with its port.
+    fn poll(&mut self, _now: Instant) -> Vec<(PortId, Vec<u8>)> {
+        Vec::new()
+    }
+
+    /// How soon [`LocalService::poll`] wants to run again; `None` when it has nothing pending.
+    fn poll_delay(&mut self, _now: Instant) -> Option<Duration> {
+        None
+    }
+
+    /// The port is gone: drop whatever the service keeps for it.
+    fn port_removed(&mut self, _port: PortId) {}
 }
 
 /// The settings of a VPC that the fabric acts on.
@@ -239,6 +255,9 @@ impl Vpc {
         for other in self.ports.values_mut() {
             other.conntrack.forget_remote(port.config.ip);
         }
+        if let Some(service) = self.local_service.as_mut() {
+            service.port_removed(id);
+        }
         Some(port.config)
     }
 
@@ -285,6 +304,19 @@ impl Vpc {
         for port in self.ports.values_mut() {
             port.conntrack.expire(now);
         }
+    }
+
+    /// Runs the local service's timers; returns the frames it sends, each with its port.
+    pub fn poll(&mut self, now: Instant) -> Vec<(PortId, Vec<u8>)> {
+        match self.local_service.as_mut() {
+            Some(service) => service.poll(now),
+            None => Vec::new(),
+        }
+    }
+
+    /// How soon [`Vpc::poll`] should run again.
+    pub fn poll_delay(&mut self, now: Instant) -> Option<Duration> {
+        self.local_service.as_mut()?.poll_delay(now)
     }
 
     /// Takes one frame sent by `from` and returns the frames to deliver, each with the port to
@@ -402,7 +434,7 @@ impl Vpc {
                     },
                     Some(service),
                 ) => service
-                    .handle(from, raw)
+                    .handle(from, raw, now)
                     .into_iter()
                     .map(|f| (from, f))
                     .collect(),
@@ -654,5 +686,15 @@ impl Fabric {
         for vpc in self.vpcs.values_mut() {
             vpc.expire(now);
         }
+    }
+
+    /// Polls every VPC's local service; see [`Vpc::poll`].
+    pub fn poll(&mut self, now: Instant) -> Vec<(PortId, Vec<u8>)> {
+        self.vpcs.values_mut().flat_map(|v| v.poll(now)).collect()
+    }
+
+    /// The soonest any VPC wants to be polled again.
+    pub fn poll_delay(&mut self, now: Instant) -> Option<Duration> {
+        self.vpcs.values_mut().filter_map(|v| v.poll_delay(now)).min()
     }
 }
