@@ -41,6 +41,7 @@ pub mod enums {
         &["capacity-reservations-only", "open", "none"];
     pub const DeviceType: &[&str] = &["ebs", "instance-store"];
     pub const DiskType: &[&str] = &["hdd", "ssd"];
+    pub const DomainType: &[&str] = &["vpc", "standard"];
     pub const EbsEncryptionSupport: &[&str] = &["unsupported", "supported"];
     pub const EbsNvmeSupport: &[&str] = &["unsupported", "supported", "required"];
     pub const EbsOptimizedSupport: &[&str] = &["unsupported", "supported", "default"];
@@ -57,6 +58,12 @@ pub mod enums {
     pub const HostnameType: &[&str] = &["ip-name", "resource-name"];
     pub const HttpTokensState: &[&str] = &["optional", "required"];
     pub const HypervisorType: &[&str] = &["ovm", "xen"];
+    pub const IamInstanceProfileAssociationState: &[&str] = &[
+        "associating",
+        "associated",
+        "disassociating",
+        "disassociated",
+    ];
     pub const ImageAttributeName: &[&str] = &[
         "description",
         "kernel",
@@ -1365,6 +1372,26 @@ pub mod enums {
         "in-use",
         "detaching",
     ];
+    pub const NetworkInterfaceType: &[&str] = &[
+        "interface",
+        "natGateway",
+        "efa",
+        "efa-only",
+        "trunk",
+        "load_balancer",
+        "network_load_balancer",
+        "vpc_endpoint",
+        "branch",
+        "transit_gateway",
+        "lambda",
+        "quicksight",
+        "global_accelerator_managed",
+        "api_gateway_managed",
+        "gateway_load_balancer",
+        "gateway_load_balancer_endpoint",
+        "iot_rules_managed",
+        "aws_codestar_connections_managed",
+    ];
     pub const NitroEnclavesSupport: &[&str] = &["unsupported", "supported"];
     pub const NitroTpmSupport: &[&str] = &["unsupported", "supported"];
     pub const OperationType: &[&str] = &["add", "remove"];
@@ -1502,6 +1529,7 @@ pub mod enums {
     pub const SSEType: &[&str] = &["sse-ebs", "sse-kms", "none"];
     pub const SecondaryInterfaceStatus: &[&str] = &["available", "in-use"];
     pub const SecondaryInterfaceType: &[&str] = &["secondary"];
+    pub const ServiceManaged: &[&str] = &["alb", "nlb", "rnat", "rds"];
     pub const ShutdownBehavior: &[&str] = &["stop", "terminate"];
     pub const SnapshotLocationEnum: &[&str] = &["regional", "local"];
     pub const SnapshotReturnCodes: &[&str] = &[
@@ -1653,6 +1681,505 @@ impl ToXml for AccountAttributeValue {
     }
 }
 
+/// Shape `Address`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Address {
+    /// Member `AllocationId`.
+    #[serde(
+        rename = "AllocationId",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub allocation_id: ::std::option::Option<::std::string::String>,
+    /// Member `AssociationId`.
+    #[serde(
+        rename = "AssociationId",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub association_id: ::std::option::Option<::std::string::String>,
+    /// Member `CarrierIp`.
+    #[serde(rename = "CarrierIp", default, skip_serializing_if = "Option::is_none")]
+    pub carrier_ip: ::std::option::Option<::std::string::String>,
+    /// Member `CustomerOwnedIp`.
+    #[serde(
+        rename = "CustomerOwnedIp",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub customer_owned_ip: ::std::option::Option<::std::string::String>,
+    /// Member `CustomerOwnedIpv4Pool`.
+    #[serde(
+        rename = "CustomerOwnedIpv4Pool",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub customer_owned_ipv4_pool: ::std::option::Option<::std::string::String>,
+    /// Member `Domain`.
+    #[serde(rename = "Domain", default, skip_serializing_if = "Option::is_none")]
+    pub domain: ::std::option::Option<::std::string::String>,
+    /// Member `InstanceId`.
+    #[serde(
+        rename = "InstanceId",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub instance_id: ::std::option::Option<::std::string::String>,
+    /// Member `NetworkBorderGroup`.
+    #[serde(
+        rename = "NetworkBorderGroup",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub network_border_group: ::std::option::Option<::std::string::String>,
+    /// Member `NetworkInterfaceId`.
+    #[serde(
+        rename = "NetworkInterfaceId",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub network_interface_id: ::std::option::Option<::std::string::String>,
+    /// Member `NetworkInterfaceOwnerId`.
+    #[serde(
+        rename = "NetworkInterfaceOwnerId",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub network_interface_owner_id: ::std::option::Option<::std::string::String>,
+    /// Member `PrivateIpAddress`.
+    #[serde(
+        rename = "PrivateIpAddress",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub private_ip_address: ::std::option::Option<::std::string::String>,
+    /// Member `PublicIp`.
+    #[serde(rename = "PublicIp", default, skip_serializing_if = "Option::is_none")]
+    pub public_ip: ::std::option::Option<::std::string::String>,
+    /// Member `PublicIpv4Pool`.
+    #[serde(
+        rename = "PublicIpv4Pool",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub public_ipv4_pool: ::std::option::Option<::std::string::String>,
+    /// Member `ServiceManaged`.
+    #[serde(
+        rename = "ServiceManaged",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub service_managed: ::std::option::Option<::std::string::String>,
+    /// Member `SubnetId`.
+    #[serde(rename = "SubnetId", default, skip_serializing_if = "Option::is_none")]
+    pub subnet_id: ::std::option::Option<::std::string::String>,
+    /// Member `Tags`.
+    #[serde(rename = "Tags", default, skip_serializing_if = "Option::is_none")]
+    pub tags: ::std::option::Option<::std::vec::Vec<Tag>>,
+}
+
+impl FromQuery for Address {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            allocation_id: node.member(path, "AllocationId")?,
+            association_id: node.member(path, "AssociationId")?,
+            carrier_ip: node.member(path, "CarrierIp")?,
+            customer_owned_ip: node.member(path, "CustomerOwnedIp")?,
+            customer_owned_ipv4_pool: node.member(path, "CustomerOwnedIpv4Pool")?,
+            domain: node.member(path, "Domain")?,
+            instance_id: node.member(path, "InstanceId")?,
+            network_border_group: node.member(path, "NetworkBorderGroup")?,
+            network_interface_id: node.member(path, "NetworkInterfaceId")?,
+            network_interface_owner_id: node.member(path, "NetworkInterfaceOwnerId")?,
+            private_ip_address: node.member(path, "PrivateIpAddress")?,
+            public_ip: node.member(path, "PublicIp")?,
+            public_ipv4_pool: node.member(path, "PublicIpv4Pool")?,
+            service_managed: node.member(path, "ServiceManaged")?,
+            subnet_id: node.member(path, "SubnetId")?,
+            tags: node.member(path, "TagSet")?,
+        };
+        node.finish(path)?;
+        query::check_enum(
+            path,
+            "Domain",
+            value.domain.as_ref().map(|s| s.as_str()),
+            enums::DomainType,
+        )?;
+        query::check_enum(
+            path,
+            "ServiceManaged",
+            value.service_managed.as_ref().map(|s| s.as_str()),
+            enums::ServiceManaged,
+        )?;
+        Ok(value)
+    }
+}
+
+impl ToXml for Address {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("allocationId", self.allocation_id.as_ref());
+        w.field("associationId", self.association_id.as_ref());
+        w.field("carrierIp", self.carrier_ip.as_ref());
+        w.field("customerOwnedIp", self.customer_owned_ip.as_ref());
+        w.field(
+            "customerOwnedIpv4Pool",
+            self.customer_owned_ipv4_pool.as_ref(),
+        );
+        w.field("domain", self.domain.as_ref());
+        w.field("instanceId", self.instance_id.as_ref());
+        w.field("networkBorderGroup", self.network_border_group.as_ref());
+        w.field("networkInterfaceId", self.network_interface_id.as_ref());
+        w.field(
+            "networkInterfaceOwnerId",
+            self.network_interface_owner_id.as_ref(),
+        );
+        w.field("privateIpAddress", self.private_ip_address.as_ref());
+        w.field("publicIp", self.public_ip.as_ref());
+        w.field("publicIpv4Pool", self.public_ipv4_pool.as_ref());
+        w.field("serviceManaged", self.service_managed.as_ref());
+        w.field("subnetId", self.subnet_id.as_ref());
+        w.list("tagSet", "item", self.tags.as_ref());
+    }
+}
+
+/// Shape `AllocateAddressRequest`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AllocateAddressRequest {
+    /// Member `Address`.
+    #[serde(rename = "Address", default, skip_serializing_if = "Option::is_none")]
+    pub address: ::std::option::Option<::std::string::String>,
+    /// Member `CustomerOwnedIpv4Pool`.
+    #[serde(
+        rename = "CustomerOwnedIpv4Pool",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub customer_owned_ipv4_pool: ::std::option::Option<::std::string::String>,
+    /// Member `Domain`.
+    #[serde(rename = "Domain", default, skip_serializing_if = "Option::is_none")]
+    pub domain: ::std::option::Option<::std::string::String>,
+    /// Member `DryRun`.
+    #[serde(rename = "DryRun", default, skip_serializing_if = "Option::is_none")]
+    pub dry_run: ::std::option::Option<bool>,
+    /// Member `IpamPoolId`.
+    #[serde(
+        rename = "IpamPoolId",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ipam_pool_id: ::std::option::Option<::std::string::String>,
+    /// Member `NetworkBorderGroup`.
+    #[serde(
+        rename = "NetworkBorderGroup",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub network_border_group: ::std::option::Option<::std::string::String>,
+    /// Member `PublicIpv4Pool`.
+    #[serde(
+        rename = "PublicIpv4Pool",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub public_ipv4_pool: ::std::option::Option<::std::string::String>,
+    /// Member `TagSpecifications`.
+    #[serde(
+        rename = "TagSpecifications",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub tag_specifications: ::std::option::Option<::std::vec::Vec<TagSpecification>>,
+}
+
+impl FromQuery for AllocateAddressRequest {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            address: node.member(path, "Address")?,
+            customer_owned_ipv4_pool: node.member(path, "CustomerOwnedIpv4Pool")?,
+            domain: node.member(path, "Domain")?,
+            dry_run: node.member(path, "DryRun")?,
+            ipam_pool_id: node.member(path, "IpamPoolId")?,
+            network_border_group: node.member(path, "NetworkBorderGroup")?,
+            public_ipv4_pool: node.member(path, "PublicIpv4Pool")?,
+            tag_specifications: node.member(path, "TagSpecification")?,
+        };
+        node.finish(path)?;
+        query::check_enum(
+            path,
+            "Domain",
+            value.domain.as_ref().map(|s| s.as_str()),
+            enums::DomainType,
+        )?;
+        Ok(value)
+    }
+}
+
+impl ToXml for AllocateAddressRequest {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("Address", self.address.as_ref());
+        w.field(
+            "CustomerOwnedIpv4Pool",
+            self.customer_owned_ipv4_pool.as_ref(),
+        );
+        w.field("Domain", self.domain.as_ref());
+        w.field("dryRun", self.dry_run.as_ref());
+        w.field("IpamPoolId", self.ipam_pool_id.as_ref());
+        w.field("NetworkBorderGroup", self.network_border_group.as_ref());
+        w.field("PublicIpv4Pool", self.public_ipv4_pool.as_ref());
+        w.list("TagSpecification", "item", self.tag_specifications.as_ref());
+    }
+}
+
+/// Shape `AllocateAddressResult`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AllocateAddressResult {
+    /// Member `AllocationId`.
+    #[serde(
+        rename = "AllocationId",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub allocation_id: ::std::option::Option<::std::string::String>,
+    /// Member `CarrierIp`.
+    #[serde(rename = "CarrierIp", default, skip_serializing_if = "Option::is_none")]
+    pub carrier_ip: ::std::option::Option<::std::string::String>,
+    /// Member `CustomerOwnedIp`.
+    #[serde(
+        rename = "CustomerOwnedIp",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub customer_owned_ip: ::std::option::Option<::std::string::String>,
+    /// Member `CustomerOwnedIpv4Pool`.
+    #[serde(
+        rename = "CustomerOwnedIpv4Pool",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub customer_owned_ipv4_pool: ::std::option::Option<::std::string::String>,
+    /// Member `Domain`.
+    #[serde(rename = "Domain", default, skip_serializing_if = "Option::is_none")]
+    pub domain: ::std::option::Option<::std::string::String>,
+    /// Member `NetworkBorderGroup`.
+    #[serde(
+        rename = "NetworkBorderGroup",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub network_border_group: ::std::option::Option<::std::string::String>,
+    /// Member `PublicIp`.
+    #[serde(rename = "PublicIp", default, skip_serializing_if = "Option::is_none")]
+    pub public_ip: ::std::option::Option<::std::string::String>,
+    /// Member `PublicIpv4Pool`.
+    #[serde(
+        rename = "PublicIpv4Pool",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub public_ipv4_pool: ::std::option::Option<::std::string::String>,
+}
+
+impl FromQuery for AllocateAddressResult {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            allocation_id: node.member(path, "AllocationId")?,
+            carrier_ip: node.member(path, "CarrierIp")?,
+            customer_owned_ip: node.member(path, "CustomerOwnedIp")?,
+            customer_owned_ipv4_pool: node.member(path, "CustomerOwnedIpv4Pool")?,
+            domain: node.member(path, "Domain")?,
+            network_border_group: node.member(path, "NetworkBorderGroup")?,
+            public_ip: node.member(path, "PublicIp")?,
+            public_ipv4_pool: node.member(path, "PublicIpv4Pool")?,
+        };
+        node.finish(path)?;
+        query::check_enum(
+            path,
+            "Domain",
+            value.domain.as_ref().map(|s| s.as_str()),
+            enums::DomainType,
+        )?;
+        Ok(value)
+    }
+}
+
+impl ToXml for AllocateAddressResult {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("allocationId", self.allocation_id.as_ref());
+        w.field("carrierIp", self.carrier_ip.as_ref());
+        w.field("customerOwnedIp", self.customer_owned_ip.as_ref());
+        w.field(
+            "customerOwnedIpv4Pool",
+            self.customer_owned_ipv4_pool.as_ref(),
+        );
+        w.field("domain", self.domain.as_ref());
+        w.field("networkBorderGroup", self.network_border_group.as_ref());
+        w.field("publicIp", self.public_ip.as_ref());
+        w.field("publicIpv4Pool", self.public_ipv4_pool.as_ref());
+    }
+}
+
+/// Shape `AssociateAddressRequest`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AssociateAddressRequest {
+    /// Member `AllocationId`.
+    #[serde(
+        rename = "AllocationId",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub allocation_id: ::std::option::Option<::std::string::String>,
+    /// Member `AllowReassociation`.
+    #[serde(
+        rename = "AllowReassociation",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub allow_reassociation: ::std::option::Option<bool>,
+    /// Member `DryRun`.
+    #[serde(rename = "DryRun", default, skip_serializing_if = "Option::is_none")]
+    pub dry_run: ::std::option::Option<bool>,
+    /// Member `InstanceId`.
+    #[serde(
+        rename = "InstanceId",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub instance_id: ::std::option::Option<::std::string::String>,
+    /// Member `NetworkInterfaceId`.
+    #[serde(
+        rename = "NetworkInterfaceId",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub network_interface_id: ::std::option::Option<::std::string::String>,
+    /// Member `PrivateIpAddress`.
+    #[serde(
+        rename = "PrivateIpAddress",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub private_ip_address: ::std::option::Option<::std::string::String>,
+    /// Member `PublicIp`.
+    #[serde(rename = "PublicIp", default, skip_serializing_if = "Option::is_none")]
+    pub public_ip: ::std::option::Option<::std::string::String>,
+}
+
+impl FromQuery for AssociateAddressRequest {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            allocation_id: node.member(path, "AllocationId")?,
+            allow_reassociation: node.member(path, "AllowReassociation")?,
+            dry_run: node.member(path, "DryRun")?,
+            instance_id: node.member(path, "InstanceId")?,
+            network_interface_id: node.member(path, "NetworkInterfaceId")?,
+            private_ip_address: node.member(path, "PrivateIpAddress")?,
+            public_ip: node.member(path, "PublicIp")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for AssociateAddressRequest {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("AllocationId", self.allocation_id.as_ref());
+        w.field("allowReassociation", self.allow_reassociation.as_ref());
+        w.field("dryRun", self.dry_run.as_ref());
+        w.field("InstanceId", self.instance_id.as_ref());
+        w.field("networkInterfaceId", self.network_interface_id.as_ref());
+        w.field("privateIpAddress", self.private_ip_address.as_ref());
+        w.field("PublicIp", self.public_ip.as_ref());
+    }
+}
+
+/// Shape `AssociateAddressResult`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AssociateAddressResult {
+    /// Member `AssociationId`.
+    #[serde(
+        rename = "AssociationId",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub association_id: ::std::option::Option<::std::string::String>,
+}
+
+impl FromQuery for AssociateAddressResult {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            association_id: node.member(path, "AssociationId")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for AssociateAddressResult {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("associationId", self.association_id.as_ref());
+    }
+}
+
+/// Shape `AssociateIamInstanceProfileRequest`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AssociateIamInstanceProfileRequest {
+    /// Member `IamInstanceProfile`.
+    #[serde(rename = "IamInstanceProfile", default)]
+    pub iam_instance_profile: IamInstanceProfileSpecification,
+    /// Member `InstanceId`.
+    #[serde(rename = "InstanceId", default)]
+    pub instance_id: ::std::string::String,
+}
+
+impl FromQuery for AssociateIamInstanceProfileRequest {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            iam_instance_profile: node.required(path, "IamInstanceProfile")?,
+            instance_id: node.required(path, "InstanceId")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for AssociateIamInstanceProfileRequest {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("IamInstanceProfile", Some(&self.iam_instance_profile));
+        w.field("InstanceId", Some(&self.instance_id));
+    }
+}
+
+/// Shape `AssociateIamInstanceProfileResult`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AssociateIamInstanceProfileResult {
+    /// Member `IamInstanceProfileAssociation`.
+    #[serde(
+        rename = "IamInstanceProfileAssociation",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub iam_instance_profile_association: ::std::option::Option<IamInstanceProfileAssociation>,
+}
+
+impl FromQuery for AssociateIamInstanceProfileResult {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            iam_instance_profile_association: node.member(path, "IamInstanceProfileAssociation")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for AssociateIamInstanceProfileResult {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field(
+            "iamInstanceProfileAssociation",
+            self.iam_instance_profile_association.as_ref(),
+        );
+    }
+}
+
 /// Shape `AssociateRouteTableRequest`.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct AssociateRouteTableRequest {
@@ -1769,6 +2296,74 @@ impl ToXml for AttachInternetGatewayRequest {
         w.field("dryRun", self.dry_run.as_ref());
         w.field("internetGatewayId", Some(&self.internet_gateway_id));
         w.field("vpcId", Some(&self.vpc_id));
+    }
+}
+
+/// Shape `AttachmentEnaSrdSpecification`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AttachmentEnaSrdSpecification {
+    /// Member `EnaSrdEnabled`.
+    #[serde(
+        rename = "EnaSrdEnabled",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ena_srd_enabled: ::std::option::Option<bool>,
+    /// Member `EnaSrdUdpSpecification`.
+    #[serde(
+        rename = "EnaSrdUdpSpecification",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ena_srd_udp_specification: ::std::option::Option<AttachmentEnaSrdUdpSpecification>,
+}
+
+impl FromQuery for AttachmentEnaSrdSpecification {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            ena_srd_enabled: node.member(path, "EnaSrdEnabled")?,
+            ena_srd_udp_specification: node.member(path, "EnaSrdUdpSpecification")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for AttachmentEnaSrdSpecification {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("enaSrdEnabled", self.ena_srd_enabled.as_ref());
+        w.field(
+            "enaSrdUdpSpecification",
+            self.ena_srd_udp_specification.as_ref(),
+        );
+    }
+}
+
+/// Shape `AttachmentEnaSrdUdpSpecification`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AttachmentEnaSrdUdpSpecification {
+    /// Member `EnaSrdUdpEnabled`.
+    #[serde(
+        rename = "EnaSrdUdpEnabled",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ena_srd_udp_enabled: ::std::option::Option<bool>,
+}
+
+impl FromQuery for AttachmentEnaSrdUdpSpecification {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            ena_srd_udp_enabled: node.member(path, "EnaSrdUdpEnabled")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for AttachmentEnaSrdUdpSpecification {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("enaSrdUdpEnabled", self.ena_srd_udp_enabled.as_ref());
     }
 }
 
@@ -2590,6 +3185,55 @@ impl ToXml for CapacityReservationTargetResponse {
             "capacityReservationResourceGroupArn",
             self.capacity_reservation_resource_group_arn.as_ref(),
         );
+    }
+}
+
+/// Shape `ConnectionTrackingConfiguration`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ConnectionTrackingConfiguration {
+    /// Member `TcpEstablishedTimeout`.
+    #[serde(
+        rename = "TcpEstablishedTimeout",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub tcp_established_timeout: ::std::option::Option<i32>,
+    /// Member `UdpStreamTimeout`.
+    #[serde(
+        rename = "UdpStreamTimeout",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub udp_stream_timeout: ::std::option::Option<i32>,
+    /// Member `UdpTimeout`.
+    #[serde(
+        rename = "UdpTimeout",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub udp_timeout: ::std::option::Option<i32>,
+}
+
+impl FromQuery for ConnectionTrackingConfiguration {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            tcp_established_timeout: node.member(path, "TcpEstablishedTimeout")?,
+            udp_stream_timeout: node.member(path, "UdpStreamTimeout")?,
+            udp_timeout: node.member(path, "UdpTimeout")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for ConnectionTrackingConfiguration {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field(
+            "tcpEstablishedTimeout",
+            self.tcp_established_timeout.as_ref(),
+        );
+        w.field("udpStreamTimeout", self.udp_stream_timeout.as_ref());
+        w.field("udpTimeout", self.udp_timeout.as_ref());
     }
 }
 
@@ -4454,6 +5098,73 @@ impl ToXml for DescribeAccountAttributesResult {
     }
 }
 
+/// Shape `DescribeAddressesRequest`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DescribeAddressesRequest {
+    /// Member `AllocationIds`.
+    #[serde(
+        rename = "AllocationIds",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub allocation_ids: ::std::option::Option<::std::vec::Vec<::std::string::String>>,
+    /// Member `DryRun`.
+    #[serde(rename = "DryRun", default, skip_serializing_if = "Option::is_none")]
+    pub dry_run: ::std::option::Option<bool>,
+    /// Member `Filters`.
+    #[serde(rename = "Filters", default, skip_serializing_if = "Option::is_none")]
+    pub filters: ::std::option::Option<::std::vec::Vec<Filter>>,
+    /// Member `PublicIps`.
+    #[serde(rename = "PublicIps", default, skip_serializing_if = "Option::is_none")]
+    pub public_ips: ::std::option::Option<::std::vec::Vec<::std::string::String>>,
+}
+
+impl FromQuery for DescribeAddressesRequest {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            allocation_ids: node.member(path, "AllocationId")?,
+            dry_run: node.member(path, "DryRun")?,
+            filters: node.member(path, "Filter")?,
+            public_ips: node.member(path, "PublicIp")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for DescribeAddressesRequest {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.list("AllocationId", "AllocationId", self.allocation_ids.as_ref());
+        w.field("dryRun", self.dry_run.as_ref());
+        w.list("Filter", "Filter", self.filters.as_ref());
+        w.list("PublicIp", "PublicIp", self.public_ips.as_ref());
+    }
+}
+
+/// Shape `DescribeAddressesResult`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DescribeAddressesResult {
+    /// Member `Addresses`.
+    #[serde(rename = "Addresses", default, skip_serializing_if = "Option::is_none")]
+    pub addresses: ::std::option::Option<::std::vec::Vec<Address>>,
+}
+
+impl FromQuery for DescribeAddressesResult {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            addresses: node.member(path, "AddressesSet")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for DescribeAddressesResult {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.list("addressesSet", "item", self.addresses.as_ref());
+    }
+}
+
 /// Shape `DescribeAvailabilityZonesRequest`.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct DescribeAvailabilityZonesRequest {
@@ -4531,6 +5242,103 @@ impl ToXml for DescribeAvailabilityZonesResult {
             "item",
             self.availability_zones.as_ref(),
         );
+    }
+}
+
+/// Shape `DescribeIamInstanceProfileAssociationsRequest`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DescribeIamInstanceProfileAssociationsRequest {
+    /// Member `AssociationIds`.
+    #[serde(
+        rename = "AssociationIds",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub association_ids: ::std::option::Option<::std::vec::Vec<::std::string::String>>,
+    /// Member `Filters`.
+    #[serde(rename = "Filters", default, skip_serializing_if = "Option::is_none")]
+    pub filters: ::std::option::Option<::std::vec::Vec<Filter>>,
+    /// Member `MaxResults`.
+    #[serde(
+        rename = "MaxResults",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_results: ::std::option::Option<i32>,
+    /// Member `NextToken`.
+    #[serde(rename = "NextToken", default, skip_serializing_if = "Option::is_none")]
+    pub next_token: ::std::option::Option<::std::string::String>,
+}
+
+impl FromQuery for DescribeIamInstanceProfileAssociationsRequest {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            association_ids: node.member(path, "AssociationId")?,
+            filters: node.member(path, "Filter")?,
+            max_results: node.member(path, "MaxResults")?,
+            next_token: node.member(path, "NextToken")?,
+        };
+        node.finish(path)?;
+        query::check_range(
+            path,
+            "MaxResults",
+            value.max_results.as_ref().map(|v| i64::from(*v)),
+            Some(5),
+            Some(1000),
+        )?;
+        Ok(value)
+    }
+}
+
+impl ToXml for DescribeIamInstanceProfileAssociationsRequest {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.list(
+            "AssociationId",
+            "AssociationId",
+            self.association_ids.as_ref(),
+        );
+        w.list("Filter", "Filter", self.filters.as_ref());
+        w.field("MaxResults", self.max_results.as_ref());
+        w.field("NextToken", self.next_token.as_ref());
+    }
+}
+
+/// Shape `DescribeIamInstanceProfileAssociationsResult`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DescribeIamInstanceProfileAssociationsResult {
+    /// Member `IamInstanceProfileAssociations`.
+    #[serde(
+        rename = "IamInstanceProfileAssociations",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub iam_instance_profile_associations:
+        ::std::option::Option<::std::vec::Vec<IamInstanceProfileAssociation>>,
+    /// Member `NextToken`.
+    #[serde(rename = "NextToken", default, skip_serializing_if = "Option::is_none")]
+    pub next_token: ::std::option::Option<::std::string::String>,
+}
+
+impl FromQuery for DescribeIamInstanceProfileAssociationsResult {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            iam_instance_profile_associations: node
+                .member(path, "IamInstanceProfileAssociationSet")?,
+            next_token: node.member(path, "NextToken")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for DescribeIamInstanceProfileAssociationsResult {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.list(
+            "iamInstanceProfileAssociationSet",
+            "item",
+            self.iam_instance_profile_associations.as_ref(),
+        );
+        w.field("nextToken", self.next_token.as_ref());
     }
 }
 
@@ -5309,6 +6117,118 @@ impl FromQuery for DescribeKeyPairsResult {
 impl ToXml for DescribeKeyPairsResult {
     fn write_members(&self, w: &mut XmlWriter) {
         w.list("keySet", "item", self.key_pairs.as_ref());
+    }
+}
+
+/// Shape `DescribeNetworkInterfacesRequest`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DescribeNetworkInterfacesRequest {
+    /// Member `DryRun`.
+    #[serde(rename = "DryRun", default, skip_serializing_if = "Option::is_none")]
+    pub dry_run: ::std::option::Option<bool>,
+    /// Member `Filters`.
+    #[serde(rename = "Filters", default, skip_serializing_if = "Option::is_none")]
+    pub filters: ::std::option::Option<::std::vec::Vec<Filter>>,
+    /// Member `IncludeManagedResources`.
+    #[serde(
+        rename = "IncludeManagedResources",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub include_managed_resources: ::std::option::Option<bool>,
+    /// Member `MaxResults`.
+    #[serde(
+        rename = "MaxResults",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_results: ::std::option::Option<i32>,
+    /// Member `NetworkInterfaceIds`.
+    #[serde(
+        rename = "NetworkInterfaceIds",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub network_interface_ids: ::std::option::Option<::std::vec::Vec<::std::string::String>>,
+    /// Member `NextToken`.
+    #[serde(rename = "NextToken", default, skip_serializing_if = "Option::is_none")]
+    pub next_token: ::std::option::Option<::std::string::String>,
+}
+
+impl FromQuery for DescribeNetworkInterfacesRequest {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            dry_run: node.member(path, "DryRun")?,
+            filters: node.member(path, "Filter")?,
+            include_managed_resources: node.member(path, "IncludeManagedResources")?,
+            max_results: node.member(path, "MaxResults")?,
+            network_interface_ids: node.member(path, "NetworkInterfaceId")?,
+            next_token: node.member(path, "NextToken")?,
+        };
+        node.finish(path)?;
+        query::check_range(
+            path,
+            "MaxResults",
+            value.max_results.as_ref().map(|v| i64::from(*v)),
+            Some(5),
+            Some(1000),
+        )?;
+        Ok(value)
+    }
+}
+
+impl ToXml for DescribeNetworkInterfacesRequest {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("dryRun", self.dry_run.as_ref());
+        w.list("filter", "Filter", self.filters.as_ref());
+        w.field(
+            "IncludeManagedResources",
+            self.include_managed_resources.as_ref(),
+        );
+        w.field("MaxResults", self.max_results.as_ref());
+        w.list(
+            "NetworkInterfaceId",
+            "item",
+            self.network_interface_ids.as_ref(),
+        );
+        w.field("NextToken", self.next_token.as_ref());
+    }
+}
+
+/// Shape `DescribeNetworkInterfacesResult`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DescribeNetworkInterfacesResult {
+    /// Member `NetworkInterfaces`.
+    #[serde(
+        rename = "NetworkInterfaces",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub network_interfaces: ::std::option::Option<::std::vec::Vec<NetworkInterface>>,
+    /// Member `NextToken`.
+    #[serde(rename = "NextToken", default, skip_serializing_if = "Option::is_none")]
+    pub next_token: ::std::option::Option<::std::string::String>,
+}
+
+impl FromQuery for DescribeNetworkInterfacesResult {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            network_interfaces: node.member(path, "NetworkInterfaceSet")?,
+            next_token: node.member(path, "NextToken")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for DescribeNetworkInterfacesResult {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.list(
+            "networkInterfaceSet",
+            "item",
+            self.network_interfaces.as_ref(),
+        );
+        w.field("nextToken", self.next_token.as_ref());
     }
 }
 
@@ -6226,6 +7146,99 @@ impl ToXml for DetachInternetGatewayRequest {
         w.field("dryRun", self.dry_run.as_ref());
         w.field("internetGatewayId", Some(&self.internet_gateway_id));
         w.field("vpcId", Some(&self.vpc_id));
+    }
+}
+
+/// Shape `DisassociateAddressRequest`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DisassociateAddressRequest {
+    /// Member `AssociationId`.
+    #[serde(
+        rename = "AssociationId",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub association_id: ::std::option::Option<::std::string::String>,
+    /// Member `DryRun`.
+    #[serde(rename = "DryRun", default, skip_serializing_if = "Option::is_none")]
+    pub dry_run: ::std::option::Option<bool>,
+    /// Member `PublicIp`.
+    #[serde(rename = "PublicIp", default, skip_serializing_if = "Option::is_none")]
+    pub public_ip: ::std::option::Option<::std::string::String>,
+}
+
+impl FromQuery for DisassociateAddressRequest {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            association_id: node.member(path, "AssociationId")?,
+            dry_run: node.member(path, "DryRun")?,
+            public_ip: node.member(path, "PublicIp")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for DisassociateAddressRequest {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("AssociationId", self.association_id.as_ref());
+        w.field("dryRun", self.dry_run.as_ref());
+        w.field("PublicIp", self.public_ip.as_ref());
+    }
+}
+
+/// Shape `DisassociateIamInstanceProfileRequest`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DisassociateIamInstanceProfileRequest {
+    /// Member `AssociationId`.
+    #[serde(rename = "AssociationId", default)]
+    pub association_id: ::std::string::String,
+}
+
+impl FromQuery for DisassociateIamInstanceProfileRequest {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            association_id: node.required(path, "AssociationId")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for DisassociateIamInstanceProfileRequest {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("AssociationId", Some(&self.association_id));
+    }
+}
+
+/// Shape `DisassociateIamInstanceProfileResult`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DisassociateIamInstanceProfileResult {
+    /// Member `IamInstanceProfileAssociation`.
+    #[serde(
+        rename = "IamInstanceProfileAssociation",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub iam_instance_profile_association: ::std::option::Option<IamInstanceProfileAssociation>,
+}
+
+impl FromQuery for DisassociateIamInstanceProfileResult {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            iam_instance_profile_association: node.member(path, "IamInstanceProfileAssociation")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for DisassociateIamInstanceProfileResult {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field(
+            "iamInstanceProfileAssociation",
+            self.iam_instance_profile_association.as_ref(),
+        );
     }
 }
 
@@ -7718,6 +8731,68 @@ impl ToXml for IamInstanceProfile {
     fn write_members(&self, w: &mut XmlWriter) {
         w.field("arn", self.arn.as_ref());
         w.field("id", self.id.as_ref());
+    }
+}
+
+/// Shape `IamInstanceProfileAssociation`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct IamInstanceProfileAssociation {
+    /// Member `AssociationId`.
+    #[serde(
+        rename = "AssociationId",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub association_id: ::std::option::Option<::std::string::String>,
+    /// Member `IamInstanceProfile`.
+    #[serde(
+        rename = "IamInstanceProfile",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub iam_instance_profile: ::std::option::Option<IamInstanceProfile>,
+    /// Member `InstanceId`.
+    #[serde(
+        rename = "InstanceId",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub instance_id: ::std::option::Option<::std::string::String>,
+    /// Member `State`.
+    #[serde(rename = "State", default, skip_serializing_if = "Option::is_none")]
+    pub state: ::std::option::Option<::std::string::String>,
+    /// Member `Timestamp`.
+    #[serde(rename = "Timestamp", default, skip_serializing_if = "Option::is_none")]
+    pub timestamp: ::std::option::Option<Timestamp>,
+}
+
+impl FromQuery for IamInstanceProfileAssociation {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            association_id: node.member(path, "AssociationId")?,
+            iam_instance_profile: node.member(path, "IamInstanceProfile")?,
+            instance_id: node.member(path, "InstanceId")?,
+            state: node.member(path, "State")?,
+            timestamp: node.member(path, "Timestamp")?,
+        };
+        node.finish(path)?;
+        query::check_enum(
+            path,
+            "State",
+            value.state.as_ref().map(|s| s.as_str()),
+            enums::IamInstanceProfileAssociationState,
+        )?;
+        Ok(value)
+    }
+}
+
+impl ToXml for IamInstanceProfileAssociation {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("associationId", self.association_id.as_ref());
+        w.field("iamInstanceProfile", self.iam_instance_profile.as_ref());
+        w.field("instanceId", self.instance_id.as_ref());
+        w.field("state", self.state.as_ref());
+        w.timestamp("timestamp", self.timestamp.as_ref(), "iso8601");
     }
 }
 
@@ -11836,6 +12911,34 @@ impl ToXml for IpRange {
     }
 }
 
+/// Shape `Ipv4PrefixSpecification`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Ipv4PrefixSpecification {
+    /// Member `Ipv4Prefix`.
+    #[serde(
+        rename = "Ipv4Prefix",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ipv4_prefix: ::std::option::Option<::std::string::String>,
+}
+
+impl FromQuery for Ipv4PrefixSpecification {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            ipv4_prefix: node.member(path, "Ipv4Prefix")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for Ipv4PrefixSpecification {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("ipv4Prefix", self.ipv4_prefix.as_ref());
+    }
+}
+
 /// Shape `Ipv4PrefixSpecificationRequest`.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Ipv4PrefixSpecificationRequest {
@@ -11861,6 +12964,34 @@ impl FromQuery for Ipv4PrefixSpecificationRequest {
 impl ToXml for Ipv4PrefixSpecificationRequest {
     fn write_members(&self, w: &mut XmlWriter) {
         w.field("Ipv4Prefix", self.ipv4_prefix.as_ref());
+    }
+}
+
+/// Shape `Ipv6PrefixSpecification`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Ipv6PrefixSpecification {
+    /// Member `Ipv6Prefix`.
+    #[serde(
+        rename = "Ipv6Prefix",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ipv6_prefix: ::std::option::Option<::std::string::String>,
+}
+
+impl FromQuery for Ipv6PrefixSpecification {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            ipv6_prefix: node.member(path, "Ipv6Prefix")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for Ipv6PrefixSpecification {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("ipv6Prefix", self.ipv6_prefix.as_ref());
     }
 }
 
@@ -12657,6 +13788,147 @@ impl ToXml for ModifyInstanceAttributeRequest {
     }
 }
 
+/// Shape `ModifyInstanceMetadataOptionsRequest`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ModifyInstanceMetadataOptionsRequest {
+    /// Member `DryRun`.
+    #[serde(rename = "DryRun", default, skip_serializing_if = "Option::is_none")]
+    pub dry_run: ::std::option::Option<bool>,
+    /// Member `HttpEndpoint`.
+    #[serde(
+        rename = "HttpEndpoint",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub http_endpoint: ::std::option::Option<::std::string::String>,
+    /// Member `HttpProtocolIpv6`.
+    #[serde(
+        rename = "HttpProtocolIpv6",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub http_protocol_ipv6: ::std::option::Option<::std::string::String>,
+    /// Member `HttpPutResponseHopLimit`.
+    #[serde(
+        rename = "HttpPutResponseHopLimit",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub http_put_response_hop_limit: ::std::option::Option<i32>,
+    /// Member `HttpTokens`.
+    #[serde(
+        rename = "HttpTokens",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub http_tokens: ::std::option::Option<::std::string::String>,
+    /// Member `InstanceId`.
+    #[serde(rename = "InstanceId", default)]
+    pub instance_id: ::std::string::String,
+    /// Member `InstanceMetadataTags`.
+    #[serde(
+        rename = "InstanceMetadataTags",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub instance_metadata_tags: ::std::option::Option<::std::string::String>,
+}
+
+impl FromQuery for ModifyInstanceMetadataOptionsRequest {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            dry_run: node.member(path, "DryRun")?,
+            http_endpoint: node.member(path, "HttpEndpoint")?,
+            http_protocol_ipv6: node.member(path, "HttpProtocolIpv6")?,
+            http_put_response_hop_limit: node.member(path, "HttpPutResponseHopLimit")?,
+            http_tokens: node.member(path, "HttpTokens")?,
+            instance_id: node.required(path, "InstanceId")?,
+            instance_metadata_tags: node.member(path, "InstanceMetadataTags")?,
+        };
+        node.finish(path)?;
+        query::check_enum(
+            path,
+            "HttpEndpoint",
+            value.http_endpoint.as_ref().map(|s| s.as_str()),
+            enums::InstanceMetadataEndpointState,
+        )?;
+        query::check_enum(
+            path,
+            "HttpProtocolIpv6",
+            value.http_protocol_ipv6.as_ref().map(|s| s.as_str()),
+            enums::InstanceMetadataProtocolState,
+        )?;
+        query::check_enum(
+            path,
+            "HttpTokens",
+            value.http_tokens.as_ref().map(|s| s.as_str()),
+            enums::HttpTokensState,
+        )?;
+        query::check_enum(
+            path,
+            "InstanceMetadataTags",
+            value.instance_metadata_tags.as_ref().map(|s| s.as_str()),
+            enums::InstanceMetadataTagsState,
+        )?;
+        Ok(value)
+    }
+}
+
+impl ToXml for ModifyInstanceMetadataOptionsRequest {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("DryRun", self.dry_run.as_ref());
+        w.field("HttpEndpoint", self.http_endpoint.as_ref());
+        w.field("HttpProtocolIpv6", self.http_protocol_ipv6.as_ref());
+        w.field(
+            "HttpPutResponseHopLimit",
+            self.http_put_response_hop_limit.as_ref(),
+        );
+        w.field("HttpTokens", self.http_tokens.as_ref());
+        w.field("InstanceId", Some(&self.instance_id));
+        w.field("InstanceMetadataTags", self.instance_metadata_tags.as_ref());
+    }
+}
+
+/// Shape `ModifyInstanceMetadataOptionsResult`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ModifyInstanceMetadataOptionsResult {
+    /// Member `InstanceId`.
+    #[serde(
+        rename = "InstanceId",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub instance_id: ::std::option::Option<::std::string::String>,
+    /// Member `InstanceMetadataOptions`.
+    #[serde(
+        rename = "InstanceMetadataOptions",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub instance_metadata_options: ::std::option::Option<InstanceMetadataOptionsResponse>,
+}
+
+impl FromQuery for ModifyInstanceMetadataOptionsResult {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            instance_id: node.member(path, "InstanceId")?,
+            instance_metadata_options: node.member(path, "InstanceMetadataOptions")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for ModifyInstanceMetadataOptionsResult {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("instanceId", self.instance_id.as_ref());
+        w.field(
+            "instanceMetadataOptions",
+            self.instance_metadata_options.as_ref(),
+        );
+    }
+}
+
 /// Shape `ModifySubnetAttributeRequest`.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ModifySubnetAttributeRequest {
@@ -13256,6 +14528,591 @@ impl ToXml for NetworkInfo {
             "secondaryNetworkSupported",
             self.secondary_network_supported.as_ref(),
         );
+    }
+}
+
+/// Shape `NetworkInterface`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct NetworkInterface {
+    /// Member `AssociatedSubnets`.
+    #[serde(
+        rename = "AssociatedSubnets",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub associated_subnets: ::std::option::Option<::std::vec::Vec<::std::string::String>>,
+    /// Member `Association`.
+    #[serde(
+        rename = "Association",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub association: ::std::option::Option<NetworkInterfaceAssociation>,
+    /// Member `Attachment`.
+    #[serde(
+        rename = "Attachment",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub attachment: ::std::option::Option<NetworkInterfaceAttachment>,
+    /// Member `AvailabilityZone`.
+    #[serde(
+        rename = "AvailabilityZone",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub availability_zone: ::std::option::Option<::std::string::String>,
+    /// Member `AvailabilityZoneId`.
+    #[serde(
+        rename = "AvailabilityZoneId",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub availability_zone_id: ::std::option::Option<::std::string::String>,
+    /// Member `ConnectionTrackingConfiguration`.
+    #[serde(
+        rename = "ConnectionTrackingConfiguration",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub connection_tracking_configuration: ::std::option::Option<ConnectionTrackingConfiguration>,
+    /// Member `DenyAllIgwTraffic`.
+    #[serde(
+        rename = "DenyAllIgwTraffic",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub deny_all_igw_traffic: ::std::option::Option<bool>,
+    /// Member `Description`.
+    #[serde(
+        rename = "Description",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub description: ::std::option::Option<::std::string::String>,
+    /// Member `Groups`.
+    #[serde(rename = "Groups", default, skip_serializing_if = "Option::is_none")]
+    pub groups: ::std::option::Option<::std::vec::Vec<GroupIdentifier>>,
+    /// Member `InterfaceType`.
+    #[serde(
+        rename = "InterfaceType",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub interface_type: ::std::option::Option<::std::string::String>,
+    /// Member `Ipv4Prefixes`.
+    #[serde(
+        rename = "Ipv4Prefixes",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ipv4_prefixes: ::std::option::Option<::std::vec::Vec<Ipv4PrefixSpecification>>,
+    /// Member `Ipv6Address`.
+    #[serde(
+        rename = "Ipv6Address",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ipv6_address: ::std::option::Option<::std::string::String>,
+    /// Member `Ipv6Addresses`.
+    #[serde(
+        rename = "Ipv6Addresses",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ipv6_addresses: ::std::option::Option<::std::vec::Vec<NetworkInterfaceIpv6Address>>,
+    /// Member `Ipv6Native`.
+    #[serde(
+        rename = "Ipv6Native",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ipv6_native: ::std::option::Option<bool>,
+    /// Member `Ipv6Prefixes`.
+    #[serde(
+        rename = "Ipv6Prefixes",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ipv6_prefixes: ::std::option::Option<::std::vec::Vec<Ipv6PrefixSpecification>>,
+    /// Member `MacAddress`.
+    #[serde(
+        rename = "MacAddress",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub mac_address: ::std::option::Option<::std::string::String>,
+    /// Member `NetworkInterfaceId`.
+    #[serde(
+        rename = "NetworkInterfaceId",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub network_interface_id: ::std::option::Option<::std::string::String>,
+    /// Member `Operator`.
+    #[serde(rename = "Operator", default, skip_serializing_if = "Option::is_none")]
+    pub operator: ::std::option::Option<OperatorResponse>,
+    /// Member `OutpostArn`.
+    #[serde(
+        rename = "OutpostArn",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub outpost_arn: ::std::option::Option<::std::string::String>,
+    /// Member `OwnerId`.
+    #[serde(rename = "OwnerId", default, skip_serializing_if = "Option::is_none")]
+    pub owner_id: ::std::option::Option<::std::string::String>,
+    /// Member `PrivateDnsName`.
+    #[serde(
+        rename = "PrivateDnsName",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub private_dns_name: ::std::option::Option<::std::string::String>,
+    /// Member `PrivateIpAddress`.
+    #[serde(
+        rename = "PrivateIpAddress",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub private_ip_address: ::std::option::Option<::std::string::String>,
+    /// Member `PrivateIpAddresses`.
+    #[serde(
+        rename = "PrivateIpAddresses",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub private_ip_addresses:
+        ::std::option::Option<::std::vec::Vec<NetworkInterfacePrivateIpAddress>>,
+    /// Member `PublicDnsName`.
+    #[serde(
+        rename = "PublicDnsName",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub public_dns_name: ::std::option::Option<::std::string::String>,
+    /// Member `PublicIpDnsNameOptions`.
+    #[serde(
+        rename = "PublicIpDnsNameOptions",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub public_ip_dns_name_options: ::std::option::Option<PublicIpDnsNameOptions>,
+    /// Member `RequesterId`.
+    #[serde(
+        rename = "RequesterId",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub requester_id: ::std::option::Option<::std::string::String>,
+    /// Member `RequesterManaged`.
+    #[serde(
+        rename = "RequesterManaged",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub requester_managed: ::std::option::Option<bool>,
+    /// Member `SourceDestCheck`.
+    #[serde(
+        rename = "SourceDestCheck",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub source_dest_check: ::std::option::Option<bool>,
+    /// Member `Status`.
+    #[serde(rename = "Status", default, skip_serializing_if = "Option::is_none")]
+    pub status: ::std::option::Option<::std::string::String>,
+    /// Member `SubnetId`.
+    #[serde(rename = "SubnetId", default, skip_serializing_if = "Option::is_none")]
+    pub subnet_id: ::std::option::Option<::std::string::String>,
+    /// Member `TagSet`.
+    #[serde(rename = "TagSet", default, skip_serializing_if = "Option::is_none")]
+    pub tag_set: ::std::option::Option<::std::vec::Vec<Tag>>,
+    /// Member `VpcId`.
+    #[serde(rename = "VpcId", default, skip_serializing_if = "Option::is_none")]
+    pub vpc_id: ::std::option::Option<::std::string::String>,
+}
+
+impl FromQuery for NetworkInterface {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            associated_subnets: node.member(path, "AssociatedSubnetSet")?,
+            association: node.member(path, "Association")?,
+            attachment: node.member(path, "Attachment")?,
+            availability_zone: node.member(path, "AvailabilityZone")?,
+            availability_zone_id: node.member(path, "AvailabilityZoneId")?,
+            connection_tracking_configuration: node
+                .member(path, "ConnectionTrackingConfiguration")?,
+            deny_all_igw_traffic: node.member(path, "DenyAllIgwTraffic")?,
+            description: node.member(path, "Description")?,
+            groups: node.member(path, "GroupSet")?,
+            interface_type: node.member(path, "InterfaceType")?,
+            ipv4_prefixes: node.member(path, "Ipv4PrefixSet")?,
+            ipv6_address: node.member(path, "Ipv6Address")?,
+            ipv6_addresses: node.member(path, "Ipv6AddressesSet")?,
+            ipv6_native: node.member(path, "Ipv6Native")?,
+            ipv6_prefixes: node.member(path, "Ipv6PrefixSet")?,
+            mac_address: node.member(path, "MacAddress")?,
+            network_interface_id: node.member(path, "NetworkInterfaceId")?,
+            operator: node.member(path, "Operator")?,
+            outpost_arn: node.member(path, "OutpostArn")?,
+            owner_id: node.member(path, "OwnerId")?,
+            private_dns_name: node.member(path, "PrivateDnsName")?,
+            private_ip_address: node.member(path, "PrivateIpAddress")?,
+            private_ip_addresses: node.member(path, "PrivateIpAddressesSet")?,
+            public_dns_name: node.member(path, "PublicDnsName")?,
+            public_ip_dns_name_options: node.member(path, "PublicIpDnsNameOptions")?,
+            requester_id: node.member(path, "RequesterId")?,
+            requester_managed: node.member(path, "RequesterManaged")?,
+            source_dest_check: node.member(path, "SourceDestCheck")?,
+            status: node.member(path, "Status")?,
+            subnet_id: node.member(path, "SubnetId")?,
+            tag_set: node.member(path, "TagSet")?,
+            vpc_id: node.member(path, "VpcId")?,
+        };
+        node.finish(path)?;
+        query::check_enum(
+            path,
+            "InterfaceType",
+            value.interface_type.as_ref().map(|s| s.as_str()),
+            enums::NetworkInterfaceType,
+        )?;
+        query::check_enum(
+            path,
+            "Status",
+            value.status.as_ref().map(|s| s.as_str()),
+            enums::NetworkInterfaceStatus,
+        )?;
+        Ok(value)
+    }
+}
+
+impl ToXml for NetworkInterface {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.list(
+            "associatedSubnetSet",
+            "item",
+            self.associated_subnets.as_ref(),
+        );
+        w.field("association", self.association.as_ref());
+        w.field("attachment", self.attachment.as_ref());
+        w.field("availabilityZone", self.availability_zone.as_ref());
+        w.field("availabilityZoneId", self.availability_zone_id.as_ref());
+        w.field(
+            "connectionTrackingConfiguration",
+            self.connection_tracking_configuration.as_ref(),
+        );
+        w.field("denyAllIgwTraffic", self.deny_all_igw_traffic.as_ref());
+        w.field("description", self.description.as_ref());
+        w.list("groupSet", "item", self.groups.as_ref());
+        w.field("interfaceType", self.interface_type.as_ref());
+        w.list("ipv4PrefixSet", "item", self.ipv4_prefixes.as_ref());
+        w.field("ipv6Address", self.ipv6_address.as_ref());
+        w.list("ipv6AddressesSet", "item", self.ipv6_addresses.as_ref());
+        w.field("ipv6Native", self.ipv6_native.as_ref());
+        w.list("ipv6PrefixSet", "item", self.ipv6_prefixes.as_ref());
+        w.field("macAddress", self.mac_address.as_ref());
+        w.field("networkInterfaceId", self.network_interface_id.as_ref());
+        w.field("operator", self.operator.as_ref());
+        w.field("outpostArn", self.outpost_arn.as_ref());
+        w.field("ownerId", self.owner_id.as_ref());
+        w.field("privateDnsName", self.private_dns_name.as_ref());
+        w.field("privateIpAddress", self.private_ip_address.as_ref());
+        w.list(
+            "privateIpAddressesSet",
+            "item",
+            self.private_ip_addresses.as_ref(),
+        );
+        w.field("publicDnsName", self.public_dns_name.as_ref());
+        w.field(
+            "publicIpDnsNameOptions",
+            self.public_ip_dns_name_options.as_ref(),
+        );
+        w.field("requesterId", self.requester_id.as_ref());
+        w.field("requesterManaged", self.requester_managed.as_ref());
+        w.field("sourceDestCheck", self.source_dest_check.as_ref());
+        w.field("status", self.status.as_ref());
+        w.field("subnetId", self.subnet_id.as_ref());
+        w.list("tagSet", "item", self.tag_set.as_ref());
+        w.field("vpcId", self.vpc_id.as_ref());
+    }
+}
+
+/// Shape `NetworkInterfaceAssociation`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct NetworkInterfaceAssociation {
+    /// Member `AllocationId`.
+    #[serde(
+        rename = "AllocationId",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub allocation_id: ::std::option::Option<::std::string::String>,
+    /// Member `AssociationId`.
+    #[serde(
+        rename = "AssociationId",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub association_id: ::std::option::Option<::std::string::String>,
+    /// Member `CarrierIp`.
+    #[serde(rename = "CarrierIp", default, skip_serializing_if = "Option::is_none")]
+    pub carrier_ip: ::std::option::Option<::std::string::String>,
+    /// Member `CustomerOwnedIp`.
+    #[serde(
+        rename = "CustomerOwnedIp",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub customer_owned_ip: ::std::option::Option<::std::string::String>,
+    /// Member `IpOwnerId`.
+    #[serde(rename = "IpOwnerId", default, skip_serializing_if = "Option::is_none")]
+    pub ip_owner_id: ::std::option::Option<::std::string::String>,
+    /// Member `PublicDnsName`.
+    #[serde(
+        rename = "PublicDnsName",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub public_dns_name: ::std::option::Option<::std::string::String>,
+    /// Member `PublicIp`.
+    #[serde(rename = "PublicIp", default, skip_serializing_if = "Option::is_none")]
+    pub public_ip: ::std::option::Option<::std::string::String>,
+}
+
+impl FromQuery for NetworkInterfaceAssociation {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            allocation_id: node.member(path, "AllocationId")?,
+            association_id: node.member(path, "AssociationId")?,
+            carrier_ip: node.member(path, "CarrierIp")?,
+            customer_owned_ip: node.member(path, "CustomerOwnedIp")?,
+            ip_owner_id: node.member(path, "IpOwnerId")?,
+            public_dns_name: node.member(path, "PublicDnsName")?,
+            public_ip: node.member(path, "PublicIp")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for NetworkInterfaceAssociation {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("allocationId", self.allocation_id.as_ref());
+        w.field("associationId", self.association_id.as_ref());
+        w.field("carrierIp", self.carrier_ip.as_ref());
+        w.field("customerOwnedIp", self.customer_owned_ip.as_ref());
+        w.field("ipOwnerId", self.ip_owner_id.as_ref());
+        w.field("publicDnsName", self.public_dns_name.as_ref());
+        w.field("publicIp", self.public_ip.as_ref());
+    }
+}
+
+/// Shape `NetworkInterfaceAttachment`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct NetworkInterfaceAttachment {
+    /// Member `AttachTime`.
+    #[serde(
+        rename = "AttachTime",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub attach_time: ::std::option::Option<Timestamp>,
+    /// Member `AttachmentId`.
+    #[serde(
+        rename = "AttachmentId",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub attachment_id: ::std::option::Option<::std::string::String>,
+    /// Member `DeleteOnTermination`.
+    #[serde(
+        rename = "DeleteOnTermination",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub delete_on_termination: ::std::option::Option<bool>,
+    /// Member `DeviceIndex`.
+    #[serde(
+        rename = "DeviceIndex",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub device_index: ::std::option::Option<i32>,
+    /// Member `EnaQueueCount`.
+    #[serde(
+        rename = "EnaQueueCount",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ena_queue_count: ::std::option::Option<i32>,
+    /// Member `EnaSrdSpecification`.
+    #[serde(
+        rename = "EnaSrdSpecification",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ena_srd_specification: ::std::option::Option<AttachmentEnaSrdSpecification>,
+    /// Member `InstanceId`.
+    #[serde(
+        rename = "InstanceId",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub instance_id: ::std::option::Option<::std::string::String>,
+    /// Member `InstanceOwnerId`.
+    #[serde(
+        rename = "InstanceOwnerId",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub instance_owner_id: ::std::option::Option<::std::string::String>,
+    /// Member `NetworkCardIndex`.
+    #[serde(
+        rename = "NetworkCardIndex",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub network_card_index: ::std::option::Option<i32>,
+    /// Member `Status`.
+    #[serde(rename = "Status", default, skip_serializing_if = "Option::is_none")]
+    pub status: ::std::option::Option<::std::string::String>,
+}
+
+impl FromQuery for NetworkInterfaceAttachment {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            attach_time: node.member(path, "AttachTime")?,
+            attachment_id: node.member(path, "AttachmentId")?,
+            delete_on_termination: node.member(path, "DeleteOnTermination")?,
+            device_index: node.member(path, "DeviceIndex")?,
+            ena_queue_count: node.member(path, "EnaQueueCount")?,
+            ena_srd_specification: node.member(path, "EnaSrdSpecification")?,
+            instance_id: node.member(path, "InstanceId")?,
+            instance_owner_id: node.member(path, "InstanceOwnerId")?,
+            network_card_index: node.member(path, "NetworkCardIndex")?,
+            status: node.member(path, "Status")?,
+        };
+        node.finish(path)?;
+        query::check_enum(
+            path,
+            "Status",
+            value.status.as_ref().map(|s| s.as_str()),
+            enums::AttachmentStatus,
+        )?;
+        Ok(value)
+    }
+}
+
+impl ToXml for NetworkInterfaceAttachment {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.timestamp("attachTime", self.attach_time.as_ref(), "iso8601");
+        w.field("attachmentId", self.attachment_id.as_ref());
+        w.field("deleteOnTermination", self.delete_on_termination.as_ref());
+        w.field("deviceIndex", self.device_index.as_ref());
+        w.field("enaQueueCount", self.ena_queue_count.as_ref());
+        w.field("enaSrdSpecification", self.ena_srd_specification.as_ref());
+        w.field("instanceId", self.instance_id.as_ref());
+        w.field("instanceOwnerId", self.instance_owner_id.as_ref());
+        w.field("networkCardIndex", self.network_card_index.as_ref());
+        w.field("status", self.status.as_ref());
+    }
+}
+
+/// Shape `NetworkInterfaceIpv6Address`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct NetworkInterfaceIpv6Address {
+    /// Member `Ipv6Address`.
+    #[serde(
+        rename = "Ipv6Address",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ipv6_address: ::std::option::Option<::std::string::String>,
+    /// Member `IsPrimaryIpv6`.
+    #[serde(
+        rename = "IsPrimaryIpv6",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub is_primary_ipv6: ::std::option::Option<bool>,
+    /// Member `PublicIpv6DnsName`.
+    #[serde(
+        rename = "PublicIpv6DnsName",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub public_ipv6_dns_name: ::std::option::Option<::std::string::String>,
+}
+
+impl FromQuery for NetworkInterfaceIpv6Address {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            ipv6_address: node.member(path, "Ipv6Address")?,
+            is_primary_ipv6: node.member(path, "IsPrimaryIpv6")?,
+            public_ipv6_dns_name: node.member(path, "PublicIpv6DnsName")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for NetworkInterfaceIpv6Address {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("ipv6Address", self.ipv6_address.as_ref());
+        w.field("isPrimaryIpv6", self.is_primary_ipv6.as_ref());
+        w.field("publicIpv6DnsName", self.public_ipv6_dns_name.as_ref());
+    }
+}
+
+/// Shape `NetworkInterfacePrivateIpAddress`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct NetworkInterfacePrivateIpAddress {
+    /// Member `Association`.
+    #[serde(
+        rename = "Association",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub association: ::std::option::Option<NetworkInterfaceAssociation>,
+    /// Member `Primary`.
+    #[serde(rename = "Primary", default, skip_serializing_if = "Option::is_none")]
+    pub primary: ::std::option::Option<bool>,
+    /// Member `PrivateDnsName`.
+    #[serde(
+        rename = "PrivateDnsName",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub private_dns_name: ::std::option::Option<::std::string::String>,
+    /// Member `PrivateIpAddress`.
+    #[serde(
+        rename = "PrivateIpAddress",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub private_ip_address: ::std::option::Option<::std::string::String>,
+}
+
+impl FromQuery for NetworkInterfacePrivateIpAddress {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            association: node.member(path, "Association")?,
+            primary: node.member(path, "Primary")?,
+            private_dns_name: node.member(path, "PrivateDnsName")?,
+            private_ip_address: node.member(path, "PrivateIpAddress")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for NetworkInterfacePrivateIpAddress {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("association", self.association.as_ref());
+        w.field("primary", self.primary.as_ref());
+        w.field("privateDnsName", self.private_dns_name.as_ref());
+        w.field("privateIpAddress", self.private_ip_address.as_ref());
     }
 }
 
@@ -14018,6 +15875,64 @@ impl ToXml for PropagatingVgw {
     }
 }
 
+/// Shape `PublicIpDnsNameOptions`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PublicIpDnsNameOptions {
+    /// Member `DnsHostnameType`.
+    #[serde(
+        rename = "DnsHostnameType",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub dns_hostname_type: ::std::option::Option<::std::string::String>,
+    /// Member `PublicDualStackDnsName`.
+    #[serde(
+        rename = "PublicDualStackDnsName",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub public_dual_stack_dns_name: ::std::option::Option<::std::string::String>,
+    /// Member `PublicIpv4DnsName`.
+    #[serde(
+        rename = "PublicIpv4DnsName",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub public_ipv4_dns_name: ::std::option::Option<::std::string::String>,
+    /// Member `PublicIpv6DnsName`.
+    #[serde(
+        rename = "PublicIpv6DnsName",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub public_ipv6_dns_name: ::std::option::Option<::std::string::String>,
+}
+
+impl FromQuery for PublicIpDnsNameOptions {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            dns_hostname_type: node.member(path, "DnsHostnameType")?,
+            public_dual_stack_dns_name: node.member(path, "PublicDualStackDnsName")?,
+            public_ipv4_dns_name: node.member(path, "PublicIpv4DnsName")?,
+            public_ipv6_dns_name: node.member(path, "PublicIpv6DnsName")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for PublicIpDnsNameOptions {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("dnsHostnameType", self.dns_hostname_type.as_ref());
+        w.field(
+            "publicDualStackDnsName",
+            self.public_dual_stack_dns_name.as_ref(),
+        );
+        w.field("publicIpv4DnsName", self.public_ipv4_dns_name.as_ref());
+        w.field("publicIpv6DnsName", self.public_ipv6_dns_name.as_ref());
+    }
+}
+
 /// Shape `RebootInstancesRequest`.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RebootInstancesRequest {
@@ -14379,6 +16294,113 @@ impl FromQuery for RegisterImageResult {
 impl ToXml for RegisterImageResult {
     fn write_members(&self, w: &mut XmlWriter) {
         w.field("imageId", self.image_id.as_ref());
+    }
+}
+
+/// Shape `ReleaseAddressRequest`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ReleaseAddressRequest {
+    /// Member `AllocationId`.
+    #[serde(
+        rename = "AllocationId",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub allocation_id: ::std::option::Option<::std::string::String>,
+    /// Member `DryRun`.
+    #[serde(rename = "DryRun", default, skip_serializing_if = "Option::is_none")]
+    pub dry_run: ::std::option::Option<bool>,
+    /// Member `NetworkBorderGroup`.
+    #[serde(
+        rename = "NetworkBorderGroup",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub network_border_group: ::std::option::Option<::std::string::String>,
+    /// Member `PublicIp`.
+    #[serde(rename = "PublicIp", default, skip_serializing_if = "Option::is_none")]
+    pub public_ip: ::std::option::Option<::std::string::String>,
+}
+
+impl FromQuery for ReleaseAddressRequest {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            allocation_id: node.member(path, "AllocationId")?,
+            dry_run: node.member(path, "DryRun")?,
+            network_border_group: node.member(path, "NetworkBorderGroup")?,
+            public_ip: node.member(path, "PublicIp")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for ReleaseAddressRequest {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("AllocationId", self.allocation_id.as_ref());
+        w.field("dryRun", self.dry_run.as_ref());
+        w.field("NetworkBorderGroup", self.network_border_group.as_ref());
+        w.field("PublicIp", self.public_ip.as_ref());
+    }
+}
+
+/// Shape `ReplaceIamInstanceProfileAssociationRequest`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ReplaceIamInstanceProfileAssociationRequest {
+    /// Member `AssociationId`.
+    #[serde(rename = "AssociationId", default)]
+    pub association_id: ::std::string::String,
+    /// Member `IamInstanceProfile`.
+    #[serde(rename = "IamInstanceProfile", default)]
+    pub iam_instance_profile: IamInstanceProfileSpecification,
+}
+
+impl FromQuery for ReplaceIamInstanceProfileAssociationRequest {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            association_id: node.required(path, "AssociationId")?,
+            iam_instance_profile: node.required(path, "IamInstanceProfile")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for ReplaceIamInstanceProfileAssociationRequest {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field("AssociationId", Some(&self.association_id));
+        w.field("IamInstanceProfile", Some(&self.iam_instance_profile));
+    }
+}
+
+/// Shape `ReplaceIamInstanceProfileAssociationResult`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ReplaceIamInstanceProfileAssociationResult {
+    /// Member `IamInstanceProfileAssociation`.
+    #[serde(
+        rename = "IamInstanceProfileAssociation",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub iam_instance_profile_association: ::std::option::Option<IamInstanceProfileAssociation>,
+}
+
+impl FromQuery for ReplaceIamInstanceProfileAssociationResult {
+    fn from_query(mut node: QueryNode, path: &str) -> Result<Self, DecodeError> {
+        let value = Self {
+            iam_instance_profile_association: node.member(path, "IamInstanceProfileAssociation")?,
+        };
+        node.finish(path)?;
+        Ok(value)
+    }
+}
+
+impl ToXml for ReplaceIamInstanceProfileAssociationResult {
+    fn write_members(&self, w: &mut XmlWriter) {
+        w.field(
+            "iamInstanceProfileAssociation",
+            self.iam_instance_profile_association.as_ref(),
+        );
     }
 }
 
@@ -19000,6 +21022,21 @@ pub const ALL_OPERATIONS: &[&str] = &[
 /// The operations this build generates shapes for: (action, input, output).
 pub const GENERATED_OPERATIONS: &[(&str, &str, Option<&str>)] = &[
     (
+        "AllocateAddress",
+        "AllocateAddressRequest",
+        Some("AllocateAddressResult"),
+    ),
+    (
+        "AssociateAddress",
+        "AssociateAddressRequest",
+        Some("AssociateAddressResult"),
+    ),
+    (
+        "AssociateIamInstanceProfile",
+        "AssociateIamInstanceProfileRequest",
+        Some("AssociateIamInstanceProfileResult"),
+    ),
+    (
         "AssociateRouteTable",
         "AssociateRouteTableRequest",
         Some("AssociateRouteTableResult"),
@@ -19085,9 +21122,19 @@ pub const GENERATED_OPERATIONS: &[(&str, &str, Option<&str>)] = &[
         Some("DescribeAccountAttributesResult"),
     ),
     (
+        "DescribeAddresses",
+        "DescribeAddressesRequest",
+        Some("DescribeAddressesResult"),
+    ),
+    (
         "DescribeAvailabilityZones",
         "DescribeAvailabilityZonesRequest",
         Some("DescribeAvailabilityZonesResult"),
+    ),
+    (
+        "DescribeIamInstanceProfileAssociations",
+        "DescribeIamInstanceProfileAssociationsRequest",
+        Some("DescribeIamInstanceProfileAssociationsResult"),
     ),
     (
         "DescribeImageAttribute",
@@ -19133,6 +21180,11 @@ pub const GENERATED_OPERATIONS: &[(&str, &str, Option<&str>)] = &[
         "DescribeKeyPairs",
         "DescribeKeyPairsRequest",
         Some("DescribeKeyPairsResult"),
+    ),
+    (
+        "DescribeNetworkInterfaces",
+        "DescribeNetworkInterfacesRequest",
+        Some("DescribeNetworkInterfacesResult"),
     ),
     (
         "DescribeRegions",
@@ -19189,6 +21241,12 @@ pub const GENERATED_OPERATIONS: &[(&str, &str, Option<&str>)] = &[
         "DetachInternetGatewayRequest",
         None,
     ),
+    ("DisassociateAddress", "DisassociateAddressRequest", None),
+    (
+        "DisassociateIamInstanceProfile",
+        "DisassociateIamInstanceProfileRequest",
+        Some("DisassociateIamInstanceProfileResult"),
+    ),
     (
         "DisassociateRouteTable",
         "DisassociateRouteTableRequest",
@@ -19211,6 +21269,11 @@ pub const GENERATED_OPERATIONS: &[(&str, &str, Option<&str>)] = &[
         None,
     ),
     (
+        "ModifyInstanceMetadataOptions",
+        "ModifyInstanceMetadataOptionsRequest",
+        Some("ModifyInstanceMetadataOptionsResult"),
+    ),
+    (
         "ModifySubnetAttribute",
         "ModifySubnetAttributeRequest",
         None,
@@ -19221,6 +21284,12 @@ pub const GENERATED_OPERATIONS: &[(&str, &str, Option<&str>)] = &[
         "RegisterImage",
         "RegisterImageRequest",
         Some("RegisterImageResult"),
+    ),
+    ("ReleaseAddress", "ReleaseAddressRequest", None),
+    (
+        "ReplaceIamInstanceProfileAssociation",
+        "ReplaceIamInstanceProfileAssociationRequest",
+        Some("ReplaceIamInstanceProfileAssociationResult"),
     ),
     ("ReplaceRoute", "ReplaceRouteRequest", None),
     (
