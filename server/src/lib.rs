@@ -3,6 +3,7 @@
 pub mod api;
 pub mod auth;
 pub mod compute;
+pub mod dataplane;
 pub mod error;
 pub mod http;
 pub mod imds;

@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use sha2::{Digest, Sha256};
 
 use crate::compute::Compute;
+use crate::dataplane::DataPlane;
 use crate::error::ApiError;
 use crate::model;
 use crate::protocol::query::{FromQuery, QueryNode};
@@ -56,6 +57,13 @@ impl<'a, 'c> Ctx<'a, 'c> {
     pub fn after_commit(&self, f: impl FnOnce() + Send + 'static) {
         self.effects.borrow_mut().push(Box::new(f));
     }
+
+    /// Something that moves packets changed (security group rules, addresses, ENIs, metadata
+    /// options): the data plane re-reads it once this call has committed.
+    pub fn network_changed(&self) {
+        let dataplane = self.api.dataplane.clone();
+        self.after_commit(move || dataplane.sync());
+    }
 }
 
 /// Shared API state.
@@ -63,6 +71,7 @@ pub struct Api {
     pub store: Arc<Store>,
     pub compute: Arc<Compute>,
     pub storage: Arc<Storage>,
+    pub dataplane: Arc<DataPlane>,
     /// Scopes whose defaults (default VPC and friends) are known to exist, so the common
     /// path never writes.
     seeded: Mutex<HashSet<(String, String)>>,
@@ -83,6 +92,7 @@ impl Api {
             store,
             compute,
             storage,
+            dataplane: Arc::new(DataPlane::new()),
             seeded: Mutex::new(HashSet::new()),
             on_demand: Mutex::new(std::collections::HashMap::new()),
         }
