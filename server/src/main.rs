@@ -170,7 +170,10 @@ fn run_serve(args: ServeArgs) -> Result<(), String> {
             .map_err(|e| e.to_string())?
             .with_boot_files(compute.engine_name == "microvm"),
     );
-    let api = Api::new(store, compute.clone(), storage);
+    let api = Api::new(store.clone(), compute.clone(), storage);
+    api.dataplane
+        .start(store)
+        .map_err(|e| format!("cannot start the network fabric: {e}"))?;
     match ec2d::api::instances::reconcile(&api) {
         Ok(0) => {}
         Ok(n) => tracing::info!(instances = n, "restarting instances that were running"),

@@ -141,6 +141,7 @@ fn spec(fx: &Fixture, id: &str) -> MachineSpec {
         initrd: None,
         cmdline: String::new(),
         init_env: vec![("ec2d_instance_id".to_string(), id.to_string())],
+        nics: Vec::new(),
         state_dir: fx.data_dir.join("instances").join(id),
     }
 }

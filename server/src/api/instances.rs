@@ -651,6 +651,7 @@ fn machine_spec(
             ("ec2d_instance_id".into(), id.clone()),
             ("ec2d_hostname".into(), hostname),
         ],
+        nics: Vec::new(),
         state_dir: ctx.api.compute.state_dir(&id),
     })
 }
@@ -661,8 +662,9 @@ fn schedule_launch(
     rec: &InstanceRecord,
     boot: images::BootFiles,
 ) -> Result<(), ApiError> {
-    let spec = machine_spec(ctx, rec, boot)?;
+    let mut spec = machine_spec(ctx, rec, boot)?;
     let compute = ctx.api.compute.clone();
+    let dataplane = ctx.api.dataplane.clone();
     let store = ctx.api.store.clone();
     let storage = ctx.api.storage.clone();
     let scope = Scope {
@@ -671,7 +673,11 @@ fn schedule_launch(
         instance_id: rec.id(),
     };
     ctx.after_commit(move || {
+        let unplug = dataplane.clone();
         let handler: EventHandler = Arc::new(move |store: &Store, scope: &Scope, event| {
+            if matches!(event, MachineEvent::PoweredOff | MachineEvent::Crashed(_)) {
+                unplug.detach_instance(&scope.instance_id);
+            }
             apply_event(store, &storage, scope, event);
         });
         // Launching takes tens of milliseconds (loop device, processes); instances of one
@@ -680,6 +686,13 @@ fn schedule_launch(
         let started = std::thread::Builder::new()
             .name(format!("launch-{id}"))
             .spawn(move || {
+                match dataplane.attach_instance(&scope.account, &scope.region, &scope.instance_id) {
+                    Ok(nics) => spec.nics = nics,
+                    // The machine still runs, as one with its cable out would.
+                    Err(e) => {
+                        tracing::error!(instance = %scope.instance_id, error = %e, "cannot plug the instance into its VPC")
+                    }
+                }
                 if let Err(e) = compute.launch(store.clone(), scope.clone(), spec, handler.clone())
                 {
                     tracing::error!(instance = %scope.instance_id, error = %e, "launch failed");
@@ -1527,6 +1540,7 @@ pub fn modify_instance_attribute(
             });
         }
         rec.instance.security_groups = Some(ids.clone());
+        ctx.network_changed();
         for eni in rec.instance.network_interfaces.iter_mut().flatten() {
             eni.groups = Some(ids.clone());
             if let Some(eid) = eni.network_interface_id.clone() {

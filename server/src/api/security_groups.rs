@@ -528,6 +528,7 @@ fn authorize(
     perms: Vec<IpPermission>,
     tags: Option<&Vec<TagSpecification>>,
 ) -> Result<Vec<SecurityGroupRule>, ApiError> {
+    ctx.network_changed();
     let group_id = group.group.group_id.clone().unwrap_or_default();
     let wanted = expand(ctx, &perms)?;
     if wanted.is_empty() {
@@ -568,6 +569,7 @@ fn revoke(
     perms: Vec<IpPermission>,
     rule_ids: Option<Vec<String>>,
 ) -> Result<Vec<RevokedSecurityGroupRule>, ApiError> {
+    ctx.network_changed();
     let group_id = group.group.group_id.clone().unwrap_or_default();
     let existing: Vec<SecurityGroupRule> = rules(ctx)?
         .into_iter()

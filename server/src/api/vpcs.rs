@@ -245,6 +245,7 @@ pub fn delete_vpc(ctx: &Ctx, input: DeleteVpcRequest) -> Result<(), ApiError> {
 }
 
 pub fn modify_vpc_attribute(ctx: &Ctx, input: ModifyVpcAttributeRequest) -> Result<(), ApiError> {
+    ctx.network_changed();
     let mut rec = load_vpc(ctx, &input.vpc_id)?;
     let set = [
         input.enable_dns_support.as_ref(),

@@ -30,6 +30,8 @@ pub struct MachineSpec {
     /// Variables handed to the guest's init (on the kernel command line for a microVM, in
     /// the environment for a sandbox), e.g. `ec2d_instance_id`.
     pub init_env: Vec<(String, String)>,
+    /// Network interfaces, primary first, each plugged into the fabric.
+    pub nics: Vec<crate::dataplane::Nic>,
     /// A per-instance directory under the data directory for the engine's own files
     /// (console log, runtime state). It survives restarts.
     pub state_dir: PathBuf,

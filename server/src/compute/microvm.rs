@@ -82,6 +82,9 @@ impl Engine for MicrovmEngine {
         for d in &spec.disks {
             b = b.disk(&d.path, d.read_only, d.serial.clone());
         }
+        for nic in &spec.nics {
+            b = b.nic(nic.mac, nic.link.clone());
+        }
         let vm = vmm::Vm::start(b.build()).map_err(|e| EngineError::Launch(e.to_string()))?;
         let vm = Arc::new(vm);
         let rx = vm.subscribe();

@@ -44,6 +44,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill as send_signal};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
+use vmm::net::NetBackend;
 
 use super::engine::{Engine, EngineError, EventSink, Machine, MachineEvent, MachineSpec};
 
@@ -127,6 +128,15 @@ eval "$EC2D_DISK_NODES"
 
 printf '%s' "$EC2D_HOSTNAME" > /proc/sys/kernel/hostname
 
+# The ENI: ec2d made a tap device in its own network namespace and reads and writes it for
+# the fabric; here it moves into ours (`netns 1` is resolved in our pid namespace: this
+# script) and becomes eth0 with the ENI's MAC. The guest brings it up and asks DHCP.
+ip link set lo up 2>/dev/null || :
+if [ -n "${EC2D_TAP:-}" ]; then
+    nsenter --net="$EC2D_HOST_NETNS" -- ip link set dev "$EC2D_TAP" netns 1
+    ip link set dev "$EC2D_TAP" name eth0 address "$EC2D_MAC" mtu 9001
+fi
+
 if [ "$EC2D_FLAVOUR" = systemd ]; then
     # Legacy cgroup layout: the name=systemd hierarchy, whose root in our cgroup namespace is
     # the machine's own cgroup; a tmpfs /run; the pty (our stdio) as /dev/console.
@@ -159,6 +169,10 @@ struct Tools {
     /// only systemd guests need them.
     script: Option<PathBuf>,
     kill: Option<PathBuf>,
+    /// iproute2 `ip` and util-linux `nsenter`, to move a tap device into the machine's network
+    /// namespace; without them machines run with no network.
+    ip: Option<PathBuf>,
+    nsenter: Option<PathBuf>,
 }
 
 /// What the root volume's `/sbin/init` is, which decides setup, console and signals.
@@ -252,7 +266,15 @@ impl SandboxEngine {
             umount: find("umount")?,
             script: find_tool("script"),
             kill: find_tool("kill"),
+            ip: find_tool("ip"),
+            nsenter: find_tool("nsenter"),
         };
+        if tools.ip.is_none() || tools.nsenter.is_none() {
+            tracing::warn!(
+                "sandbox machines will have no network: `ip` (iproute2) or `nsenter` \
+                 (util-linux) is missing from {SAFE_PATH}"
+            );
+        }
         for name in ["mount", "env", "mknod", "cp"] {
             find(name)?;
         }
@@ -722,6 +744,86 @@ struct Ctl {
     boot_flavour: Flavour,
     /// The current boot found the volume's init to be of another flavour and ended itself.
     flavour_switch: bool,
+    /// The current boot's network pumps.
+    net: Option<NetBoot>,
+}
+
+/// One boot's tap device and the threads copying frames between it and the fabric port. The
+/// tap dies with the boot's network namespace, so every boot makes its own.
+#[derive(Debug)]
+struct NetBoot {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl NetBoot {
+    /// How long a pump waits for a frame before it looks at `stop` again.
+    const TICK: Duration = Duration::from_millis(200);
+
+    fn start(id: &str, tap: vmm::net::TapBackend, nic: &crate::dataplane::Nic) -> io::Result<Self> {
+        let tap = Arc::new(tap);
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        {
+            let (tap, link, stop) = (Arc::clone(&tap), Arc::clone(&nic.link), Arc::clone(&stop));
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("tap-rx-{id}"))
+                    .spawn(move || {
+                        let mut buf = vec![0u8; 65536];
+                        while !stop.load(Ordering::Relaxed) {
+                            match tap.recv(&mut buf, Self::TICK) {
+                                Ok(Some(n)) => {
+                                    if link.send(&buf[..n]).is_err() {
+                                        break;
+                                    }
+                                }
+                                Ok(None) => {}
+                                // The device went with its namespace: the boot is over.
+                                Err(_) => break,
+                            }
+                        }
+                    })?,
+            );
+        }
+        {
+            let (link, stop) = (Arc::clone(&nic.link), Arc::clone(&stop));
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("tap-tx-{id}"))
+                    .spawn(move || {
+                        let mut buf = vec![0u8; 65536];
+                        while !stop.load(Ordering::Relaxed) {
+                            match link.recv(&mut buf, Self::TICK) {
+                                // A link that is down drops the frame, as a cable would.
+                                Ok(Some(n)) => {
+                                    let _ = tap.send(&buf[..n]);
+                                }
+                                Ok(None) => {}
+                                Err(_) => break,
+                            }
+                        }
+                    })?,
+            );
+        }
+        Ok(NetBoot { stop, threads })
+    }
+
+    /// Stops the pumps and waits for them, so the next boot's pumps are the only readers.
+    fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The tap's name in ec2d's namespace, until the setup script renames it to eth0: unique per
+/// instance (the id's last hex digits) and within IFNAMSIZ.
+fn tap_name(instance_id: &str) -> String {
+    let hex = instance_id.trim_start_matches("i-");
+    let tail = &hex[hex.len().saturating_sub(12)..];
+    format!("e2d{tail}")
 }
 
 struct Inner {
@@ -835,9 +937,29 @@ impl Inner {
             .stdin(Stdio::null())
             .stdout(writer)
             .stderr(writer2);
+        // The primary ENI; further interfaces are not carried by this engine yet.
+        let mut tap = None;
+        if let (Some(nic), Some(_), Some(_)) =
+            (spec.nics.first(), &self.tools.ip, &self.tools.nsenter)
+        {
+            let t = vmm::net::TapBackend::open(&tap_name(&spec.instance_id))?;
+            cmd.env("EC2D_TAP", t.name())
+                .env("EC2D_MAC", crate::dataplane::format_mac(&nic.mac))
+                .env(
+                    "EC2D_HOST_NETNS",
+                    format!("/proc/{}/ns/net", std::process::id()),
+                );
+            tap = Some((t, nic));
+        }
+        if let Some(old) = ctl.net.take() {
+            old.stop();
+        }
         let child = cmd.spawn()?;
         // The Command holds our copies of the pipe's write end; EOF needs them closed.
         drop(cmd);
+        if let Some((t, nic)) = tap {
+            ctl.net = Some(NetBoot::start(&spec.instance_id, t, nic)?);
+        }
         ctl.unshare_pid = i32::try_from(child.id()).ok();
         ctl.started = false;
         ctl.boot_flavour = flavour;
@@ -887,6 +1009,10 @@ impl Inner {
                 Outcome::Crashed(why) => break MachineEvent::Crashed(why),
             }
         };
+        let net = self.lock_ctl().net.take();
+        if let Some(net) = net {
+            net.stop();
+        }
         teardown(&self.tools, &self.record_path, &self.record);
         {
             let mut ctl = self.lock_ctl();

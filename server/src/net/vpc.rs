@@ -695,6 +695,9 @@ impl Fabric {
 
     /// The soonest any VPC wants to be polled again.
     pub fn poll_delay(&mut self, now: Instant) -> Option<Duration> {
-        self.vpcs.values_mut().filter_map(|v| v.poll_delay(now)).min()
+        self.vpcs
+            .values_mut()
+            .filter_map(|v| v.poll_delay(now))
+            .min()
     }
 }
