@@ -15,21 +15,32 @@
 //!   arrived on and never by what the client claims;
 //! - DNS at VPC base + 2 and 169.254.169.253 ([`dns`]) for the `ip-a-b-c-d` names;
 //! - security groups with connection tracking ([`sg`]);
-//! - a [`LocalService`] seam for IMDS at 169.254.169.254:80.
+//! - a [`LocalService`] seam for IMDS at 169.254.169.254:80, filled by [`ImdsService`];
+//! - an uplink ([`UPLINK`]) for addresses outside the VPC, through which the host reaches
+//!   instances from [`HOST_ADDR`] via a per-VPC [`Gateway`], filtered like any other traffic.
 
 pub mod dhcp;
 pub mod dns;
 pub mod frame;
+pub mod gateway;
+pub mod imds_service;
 pub mod sg;
 mod vpc;
+
+#[cfg(test)]
+mod sim;
+#[cfg(test)]
+mod uplink_tests;
 
 #[cfg(test)]
 mod tests;
 
 use std::net::Ipv4Addr;
 
+pub use gateway::{ConnId, Gateway, GatewayError, HOST_ADDR, RecvState};
+pub use imds_service::ImdsService;
 pub use sg::{ConntrackConfig, SgPeer, SgProtocol, SgRule};
-pub use vpc::{Fabric, LocalService, PortConfig, Vpc, VpcConfig};
+pub use vpc::{Fabric, LocalService, PortConfig, UPLINK, UPLINK_MAC, Vpc, VpcConfig};
 
 /// Identifies a port (one per ENI) across the whole fabric.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

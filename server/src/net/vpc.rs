@@ -17,6 +17,14 @@ use super::{
 /// The IMDS TCP port.
 const IMDS_PORT: u16 = 80;
 
+/// The pseudo-port of every VPC's uplink: where [`Vpc::ingress`] sends traffic for addresses
+/// outside the VPC (the host, through [`super::gateway::Gateway`]). No ENI can take this id.
+pub const UPLINK: PortId = PortId(u64::MAX);
+
+/// The MAC the VPC router addresses frames on the uplink to. Locally administered, next to
+/// [`ROUTER_MAC`].
+pub const UPLINK_MAC: MacAddr = [0x0e, 0xec, 0x2d, 0x00, 0x00, 0x02];
+
 /// A service the fabric hosts at a link-local address (IMDS). It is handed the raw frames a port
 /// sends to it, and the port they came from: that port, never a source address inside the frame,
 /// is the caller's identity. The frames it returns go back to the same port.
@@ -141,6 +149,8 @@ pub struct Vpc {
     by_ip: HashMap<Ipv4Addr, PortId>,
     groups: HashMap<String, Vec<SgRule>>,
     local_service: Option<Box<dyn LocalService + Send>>,
+    /// Whether something (the host gateway) is attached to [`UPLINK`].
+    uplink: bool,
 }
 
 impl std::fmt::Debug for Vpc {
@@ -150,6 +160,7 @@ impl std::fmt::Debug for Vpc {
             .field("ports", &self.ports.len())
             .field("groups", &self.groups.len())
             .field("local_service", &self.local_service.is_some())
+            .field("uplink", &self.uplink)
             .finish()
     }
 }
@@ -167,6 +178,7 @@ impl Vpc {
             by_ip: HashMap::new(),
             groups: HashMap::new(),
             local_service: None,
+            uplink: false,
         })
     }
 
@@ -203,11 +215,19 @@ impl Vpc {
         self.local_service = Some(service);
     }
 
+    /// Attaches (or detaches) the uplink. While detached, nothing is routed out of the VPC and
+    /// [`Vpc::uplink_ingress`] takes nothing in: there is no one at the other end, and flows to
+    /// nowhere should not fill the conntrack tables.
+    pub fn set_uplink(&mut self, attached: bool) {
+        self.uplink = attached;
+    }
+
     /// Attaches a port. Its address must be a host address of its subnet (not the network, the
     /// three addresses EC2 reserves after it, nor the broadcast) and the subnet must lie inside
     /// the VPC.
     pub fn add_port(&mut self, id: PortId, config: PortConfig) -> Result<(), FabricError> {
-        if self.ports.contains_key(&id) {
+        // The uplink's id is taken in every VPC.
+        if self.ports.contains_key(&id) || id == UPLINK {
             return Err(FabricError::DuplicatePort(id));
         }
         let subnet = config.subnet.trunc();
@@ -225,7 +245,11 @@ impl Vpc {
             });
         }
         let mac = EthernetAddress(config.mac);
-        if !mac.is_unicast() || config.mac == [0; 6] || config.mac == ROUTER_MAC {
+        if !mac.is_unicast()
+            || config.mac == [0; 6]
+            || config.mac == ROUTER_MAC
+            || config.mac == UPLINK_MAC
+        {
             return Err(FabricError::InvalidMac(config.mac));
         }
         if self.by_mac.contains_key(&config.mac) {
@@ -446,7 +470,8 @@ impl Vpc {
         let (to, routed) = if dst_mac == ROUTER_MAC {
             match self.by_ip.get(&ip.dst) {
                 Some(&to) => (to, true),
-                None => return Vec::new(), // nothing beyond the VPC yet
+                None if self.leaves_vpc(ip.dst) => return self.route_to_uplink(from, raw, ip, now),
+                None => return Vec::new(),
             }
         } else {
             match self
@@ -484,6 +509,107 @@ impl Vpc {
             Some(raw.to_vec())
         };
         out.map(|f| vec![(to, f)]).unwrap_or_default()
+    }
+
+    /// Whether the router sends `dst` to the uplink: a unicast address outside the VPC, when the
+    /// uplink is attached. Link-local
+    /// (169.254/16), loopback, multicast, broadcast and "this network" addresses are never
+    /// forwarded, as no router forwards them.
+    fn leaves_vpc(&self, dst: Ipv4Addr) -> bool {
+        self.uplink
+            && !self.config.cidr.contains(&dst)
+            && !dst.is_unspecified()
+            && !dst.is_loopback()
+            && !dst.is_link_local()
+            && !dst.is_multicast()
+            && !dst.is_broadcast()
+            && dst.octets()[0] != 0
+            && dst.octets()[0] < 240
+    }
+
+    /// Routes a frame from an ENI to the uplink, after the sender's egress check (the far end
+    /// has no security groups, so only CIDR rules can match it).
+    fn route_to_uplink(
+        &mut self,
+        from: PortId,
+        raw: &[u8],
+        ip: &Ipv4Info<'_>,
+        now: Instant,
+    ) -> Vec<(PortId, Vec<u8>)> {
+        if !ip.first_fragment {
+            return Vec::new();
+        }
+        if !self.one_side_allows(from, Direction::Outbound, &PacketMeta::from_ipv4(ip), now) {
+            tracing::trace!(%from, dst = %ip.dst, "dropped by security groups (to uplink)");
+            return Vec::new();
+        }
+        frame::route_frame(raw, ROUTER_MAC, UPLINK_MAC)
+            .map(|f| vec![(UPLINK, f)])
+            .unwrap_or_default()
+    }
+
+    /// Takes a frame from the uplink (the host gateway) and returns it for delivery to the ENI
+    /// that owns its destination address, if that ENI's ingress check passes. The source must be
+    /// outside the VPC, so the uplink can never pose as an ENI; the frame's MACs are not looked
+    /// at and are rewritten, since the gateway does no ARP.
+    pub fn uplink_ingress(&mut self, frame: &[u8], now: Instant) -> Vec<(PortId, Vec<u8>)> {
+        let Ok(eth) = EthernetFrame::new_checked(frame) else {
+            return Vec::new();
+        };
+        if eth.ethertype() != EthernetProtocol::Ipv4 {
+            return Vec::new();
+        }
+        let Some(ip) = frame::parse_ipv4(eth.payload()) else {
+            return Vec::new();
+        };
+        if !self.leaves_vpc(ip.src) || !ip.first_fragment {
+            return Vec::new();
+        }
+        let Some((to, mac)) = self
+            .by_ip
+            .get(&ip.dst)
+            .and_then(|id| self.ports.get(id).map(|p| (*id, p.config.mac)))
+        else {
+            return Vec::new();
+        };
+        if !self.one_side_allows(to, Direction::Inbound, &PacketMeta::from_ipv4(&ip), now) {
+            tracing::trace!(%to, src = %ip.src, "dropped by security groups (from uplink)");
+            return Vec::new();
+        }
+        frame::route_frame(frame, ROUTER_MAC, mac)
+            .map(|f| vec![(to, f)])
+            .unwrap_or_default()
+    }
+
+    /// The check of one port against a peer that is not an ENI: a tracked flow, or a rule of the
+    /// port's groups whose CIDR covers the peer (group rules never match it). The flow is
+    /// recorded when allowed.
+    fn one_side_allows(
+        &mut self,
+        id: PortId,
+        dir: Direction,
+        pkt: &PacketMeta,
+        now: Instant,
+    ) -> bool {
+        let Some(port) = self.ports.get_mut(&id) else {
+            return false;
+        };
+        let key = FlowKey::new(pkt, dir);
+        let allowed = key.is_some_and(|k| port.conntrack.is_tracked(&k, pkt, now))
+            || sg::rules_allow(
+                &self.groups,
+                &port.config.security_groups,
+                dir == Direction::Outbound,
+                pkt,
+                &[],
+            );
+        if !allowed {
+            return false;
+        }
+        match key {
+            Some(key) => port.conntrack.observe(key, pkt, dir, now),
+            None => true,
+        }
     }
 
     /// The sender's egress check and the receiver's ingress check, each passing on a tracked
@@ -675,11 +801,25 @@ impl Fabric {
     }
 
     /// Takes a frame sent by a port and returns the frames to deliver. Unknown ports get nothing.
+    /// Frames for [`UPLINK`] belong to the uplink of the sender's VPC ([`Fabric::vpc_of`]).
     pub fn ingress(&mut self, from: PortId, frame: &[u8], now: Instant) -> Vec<(PortId, Vec<u8>)> {
         let Some(vpc) = self.port_vpc.get(&from).and_then(|v| self.vpcs.get_mut(v)) else {
             return Vec::new();
         };
         vpc.ingress(from, frame, now)
+    }
+
+    /// Takes a frame from a VPC's uplink; see [`Vpc::uplink_ingress`].
+    pub fn uplink_ingress(
+        &mut self,
+        vpc_id: &str,
+        frame: &[u8],
+        now: Instant,
+    ) -> Vec<(PortId, Vec<u8>)> {
+        match self.vpcs.get_mut(vpc_id) {
+            Some(vpc) => vpc.uplink_ingress(frame, now),
+            None => Vec::new(),
+        }
     }
 
     pub fn expire(&mut self, now: Instant) {
