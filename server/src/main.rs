@@ -171,8 +171,12 @@ fn run_serve(args: ServeArgs) -> Result<(), String> {
             .with_boot_files(compute.engine_name == "microvm"),
     );
     let api = Api::new(store.clone(), compute.clone(), storage);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start runtime: {e}"))?;
     api.dataplane
-        .start(store)
+        .start(store, runtime.handle().clone())
         .map_err(|e| format!("cannot start the network fabric: {e}"))?;
     match ec2d::api::instances::reconcile(&api) {
         Ok(0) => {}
@@ -184,10 +188,6 @@ fn run_serve(args: ServeArgs) -> Result<(), String> {
         keys,
         started: Instant::now(),
     });
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start runtime: {e}"))?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await

@@ -14,6 +14,7 @@
 //! give it back with [`DataPlane::detach_instance`] when they are gone.
 
 mod link;
+mod public;
 mod records;
 mod view;
 
@@ -27,7 +28,8 @@ pub use link::PortLink;
 
 use crate::error::ApiError;
 use crate::imds::Imds;
-use crate::net::{Fabric, FabricError, MacAddr, PortConfig, PortId, SgRule, VpcConfig};
+use crate::net::imds_service::ImdsService;
+use crate::net::{Fabric, FabricError, MacAddr, PortConfig, PortId, SgRule, UPLINK, VpcConfig};
 use crate::store::Store;
 
 /// How long the fabric thread sleeps when nothing asks for a timer.
@@ -91,6 +93,26 @@ pub(crate) enum Cmd {
     Detach(PortId),
     /// Fresh settings of one VPC: its DNS switches, every group's rules, every port's groups.
     Settings(records::VpcSettings),
+    /// The host connected to a public address; open the connection into the VPC.
+    HostConnect {
+        bridge: u64,
+        vpc_id: String,
+        dst: std::net::SocketAddrV4,
+        to_host: tokio::sync::mpsc::Sender<Vec<u8>>,
+        credits: Arc<tokio::sync::Semaphore>,
+    },
+    HostData {
+        bridge: u64,
+        data: Vec<u8>,
+    },
+    /// The host will send no more.
+    HostEof {
+        bridge: u64,
+    },
+    /// The host's socket is gone.
+    HostGone {
+        bridge: u64,
+    },
 }
 
 /// The running data plane. Every method may be called from any thread.
@@ -129,11 +151,17 @@ impl DataPlane {
     }
 
     /// Starts the fabric and sync threads. Without this, machines run with no network.
-    pub fn start(self: &Arc<Self>, store: Arc<Store>) -> std::io::Result<()> {
+    /// Public addresses are listened on with `runtime`'s tasks.
+    pub fn start(
+        self: &Arc<Self>,
+        store: Arc<Store>,
+        runtime: tokio::runtime::Handle,
+    ) -> std::io::Result<()> {
         let (tx, rx) = mpsc::channel();
-        if self.cmd.set(tx).is_err() || self.store.set(store).is_err() {
+        if self.cmd.set(tx.clone()).is_err() || self.store.set(store).is_err() {
             return Ok(()); // already running
         }
+        let listeners = public::Listeners::new(runtime, tx);
         let me = Arc::clone(self);
         std::thread::Builder::new()
             .name("fabric".into())
@@ -141,7 +169,7 @@ impl DataPlane {
         let me = Arc::clone(self);
         std::thread::Builder::new()
             .name("fabric-sync".into())
-            .spawn(move || me.sync_loop())?;
+            .spawn(move || me.sync_loop(listeners))?;
         Ok(())
     }
 
@@ -200,6 +228,8 @@ impl DataPlane {
             &self.ports_of_vpc(&plan.vpc_id),
         )?;
         let _ = cmd.send(Cmd::Settings(settings));
+        // Its public address may now have somewhere to lead.
+        self.sync();
         tracing::debug!(instance = instance_id, %port, mac = %format_mac(&mac), "port attached");
         Ok(vec![Nic {
             mac,
@@ -216,13 +246,16 @@ impl DataPlane {
         let Some(ports) = self.lock_ports().remove(instance_id) else {
             return;
         };
-        let mut owners = self.lock_owners();
-        for (port, _) in ports {
-            owners.remove(&port);
-            if let Some(cmd) = self.cmd.get() {
-                let _ = cmd.send(Cmd::Detach(port));
+        {
+            let mut owners = self.lock_owners();
+            for (port, _) in ports {
+                owners.remove(&port);
+                if let Some(cmd) = self.cmd.get() {
+                    let _ = cmd.send(Cmd::Detach(port));
+                }
             }
         }
+        self.sync();
     }
 
     fn lock_ports(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<(PortId, String)>>> {
@@ -249,10 +282,16 @@ impl DataPlane {
     fn fabric_loop(self: Arc<Self>, rx: Receiver<Cmd>) {
         let mut fabric = Fabric::new();
         let mut deliver: HashMap<PortId, SyncSender<Vec<u8>>> = HashMap::new();
+        let mut bridges = public::Bridges::default();
         let mut last_expire = Instant::now();
         loop {
             let now = Instant::now();
-            let wait = fabric.poll_delay(now).unwrap_or(IDLE_WAKE).min(IDLE_WAKE);
+            let wait = [fabric.poll_delay(now), bridges.poll_delay(now)]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or(IDLE_WAKE)
+                .min(IDLE_WAKE);
             let first = match rx.recv_timeout(wait) {
                 Ok(cmd) => Some(cmd),
                 Err(RecvTimeoutError::Timeout) => None,
@@ -261,10 +300,12 @@ impl DataPlane {
             // Work through what queued up before looking at timers again.
             for cmd in first.into_iter().chain(rx.try_iter().take(256)) {
                 let now = Instant::now();
-                let out = self.handle_cmd(&mut fabric, &mut deliver, cmd, now);
+                let out = self.handle_cmd(&mut fabric, &mut deliver, &mut bridges, cmd, now);
                 send_out(&deliver, out);
             }
             let now = Instant::now();
+            let out = bridges.pump(&mut fabric, now);
+            send_out(&deliver, out);
             send_out(&deliver, fabric.poll(now));
             if now.duration_since(last_expire) >= EXPIRE_EVERY {
                 fabric.expire(now);
@@ -278,11 +319,45 @@ impl DataPlane {
         &self,
         fabric: &mut Fabric,
         deliver: &mut HashMap<PortId, SyncSender<Vec<u8>>>,
+        bridges: &mut public::Bridges,
         cmd: Cmd,
         now: Instant,
     ) -> Vec<(PortId, Vec<u8>)> {
         match cmd {
-            Cmd::Frame(port, frame) => fabric.ingress(port, &frame, now),
+            Cmd::Frame(port, frame) => {
+                let (up, out): (Vec<_>, Vec<_>) = fabric
+                    .ingress(port, &frame, now)
+                    .into_iter()
+                    .partition(|(to, _)| *to == UPLINK);
+                if let Some(vpc_id) = fabric.vpc_of(port) {
+                    for (_, f) in up {
+                        bridges.uplink_frame(vpc_id, &f, now);
+                    }
+                }
+                out
+            }
+            Cmd::HostConnect {
+                bridge,
+                vpc_id,
+                dst,
+                to_host,
+                credits,
+            } => {
+                bridges.connect(bridge, vpc_id, dst, to_host, credits, now);
+                Vec::new()
+            }
+            Cmd::HostData { bridge, data } => {
+                bridges.host_data(bridge, data);
+                Vec::new()
+            }
+            Cmd::HostEof { bridge } => {
+                bridges.host_eof(bridge);
+                Vec::new()
+            }
+            Cmd::HostGone { bridge } => {
+                bridges.host_gone(bridge);
+                Vec::new()
+            }
             Cmd::Attach {
                 vpc_id,
                 vpc,
@@ -345,11 +420,15 @@ impl DataPlane {
                 }
             }
         };
-        // TODO(merge): plug in net::imds_service::ImdsService once it lands.
-        let _ = (fabric.vpc_mut(vpc_id), lookup, &self.imds);
+        if let Some(vpc) = fabric.vpc_mut(vpc_id) {
+            vpc.set_local_service(Box::new(ImdsService::new(
+                Arc::clone(&self.imds),
+                Box::new(lookup),
+            )));
+        }
     }
 
-    fn sync_loop(self: Arc<Self>) {
+    fn sync_loop(self: Arc<Self>, mut listeners: public::Listeners) {
         let mut seen = 0u64;
         loop {
             {
@@ -364,6 +443,11 @@ impl DataPlane {
             }
             if let Err(e) = self.sync_now() {
                 tracing::warn!(error = %e, "re-reading the network settings failed");
+            }
+            match self.store.get().map(|s| public::wanted(s)) {
+                Some(Ok(wanted)) => listeners.apply(wanted),
+                Some(Err(e)) => tracing::warn!(error = %e, "reading public addresses failed"),
+                None => {}
             }
         }
     }
