@@ -303,3 +303,10 @@ fn connect_rejects_unusable_destinations_and_unknown_ids() {
     gw.handle(&[0u8; 10], now);
     assert!(gw.poll(now).is_empty());
 }
+
+#[test]
+fn services_can_move_to_the_fabric_thread() {
+    fn assert_send<T: Send>() {}
+    assert_send::<Gateway>();
+    assert_send::<crate::net::ImdsService>();
+}
