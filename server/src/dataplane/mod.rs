@@ -421,6 +421,8 @@ impl DataPlane {
             }
         };
         if let Some(vpc) = fabric.vpc_mut(vpc_id) {
+            // The host's connections to public addresses enter through the uplink.
+            vpc.set_uplink(true);
             vpc.set_local_service(Box::new(ImdsService::new(
                 Arc::clone(&self.imds),
                 Box::new(lookup),
