@@ -677,7 +677,6 @@ fn schedule_launch(
     let dataplane = ctx.api.dataplane.clone();
     let store = ctx.api.store.clone();
     let storage = ctx.api.storage.clone();
-    let dataplane = ctx.api.dataplane.clone();
     let scope = Scope {
         account: ctx.account().to_string(),
         region: ctx.region().to_string(),
@@ -686,13 +685,15 @@ fn schedule_launch(
     ctx.after_commit(move || {
         let unplug = dataplane.clone();
         let handler: EventHandler = Arc::new(move |store: &Store, scope: &Scope, event| {
-            if matches!(event, MachineEvent::PoweredOff | MachineEvent::Crashed(_)) {
+            let gone = matches!(event, MachineEvent::PoweredOff | MachineEvent::Crashed(_));
+            if gone {
                 unplug.detach_instance(&scope.instance_id);
             }
             apply_event(store, &storage, scope, event);
-            // A machine that started or stopped changes what the data plane serves (its
-            // port, its public address).
-            dataplane.sync();
+            if gone {
+                // Stopped or terminated by itself: its public addresses were released.
+                unplug.sync();
+            }
         });
         // Launching takes tens of milliseconds (loop device, processes); instances of one
         // call start side by side, and the caller has its `pending` answer already.
