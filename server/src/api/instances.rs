@@ -16,7 +16,7 @@ use crate::api::common::{
 use crate::api::instance_types::catalog;
 use crate::api::security_groups::{self, GroupRecord};
 use crate::api::subnets::{self, ENI_KIND};
-use crate::api::{Ctx, images, key_pairs, volumes, vpcs};
+use crate::api::{Ctx, addresses, images, key_pairs, volumes, vpcs};
 use crate::compute::engine::{MachineEvent, MachineSpec};
 use crate::compute::{EventHandler, Scope};
 use crate::error::ApiError;
@@ -55,6 +55,11 @@ pub struct InstanceRecord {
     pub vcpus: u32,
     pub memory_mib: u64,
     pub terminated_at: Option<Timestamp>,
+    /// The primary ENI was launched with a public IP (the subnet's MapPublicIpOnLaunch or
+    /// AssociatePublicIpAddress), so it gets a new one at every start; see
+    /// `addresses::settle_public_ip`.
+    #[serde(default)]
+    pub auto_public_ip: bool,
 }
 
 impl InstanceRecord {
@@ -384,6 +389,7 @@ pub fn run_instances(ctx: &Ctx, input: RunInstancesRequest) -> Result<Reservatio
         .parse()
         .map_err(|_| ApiError::internal("subnet CIDR"))?;
     let groups = launch_groups(ctx, &input, &vpc_id)?;
+    let auto_public_ip = addresses::launch_wants_public_ip(&input, &subnet)?;
     let count = if input.private_ip_address.is_some() {
         1
     } else {
@@ -552,7 +558,7 @@ pub fn run_instances(ctx: &Ctx, input: RunInstancesRequest) -> Result<Reservatio
             current_instance_boot_mode: Some("legacy-bios".into()),
             ..Default::default()
         };
-        let rec = InstanceRecord {
+        let mut rec = InstanceRecord {
             instance,
             reservation_id: reservation_id.clone(),
             user_data: input.user_data.clone(),
@@ -563,7 +569,11 @@ pub fn run_instances(ctx: &Ctx, input: RunInstancesRequest) -> Result<Reservatio
             vcpus,
             memory_mib,
             terminated_at: None,
+            auto_public_ip,
         };
+        if addresses::settle_public_ip(ctx.tx, &mut rec)? {
+            ctx.network_changed();
+        }
         ctx.tx.insert(KIND, &id, &rec)?;
         let inst_tags: Option<Vec<crate::model::TagSpecification>> =
             input.tag_specifications.as_ref().map(|specs| {
@@ -675,10 +685,15 @@ fn schedule_launch(
     ctx.after_commit(move || {
         let unplug = dataplane.clone();
         let handler: EventHandler = Arc::new(move |store: &Store, scope: &Scope, event| {
-            if matches!(event, MachineEvent::PoweredOff | MachineEvent::Crashed(_)) {
+            let gone = matches!(event, MachineEvent::PoweredOff | MachineEvent::Crashed(_));
+            if gone {
                 unplug.detach_instance(&scope.instance_id);
             }
             apply_event(store, &storage, scope, event);
+            if gone {
+                // Stopped or terminated by itself: its public addresses were released.
+                unplug.sync();
+            }
         });
         // Launching takes tens of milliseconds (loop device, processes); instances of one
         // call start side by side, and the caller has its `pending` answer already.
@@ -763,6 +778,10 @@ pub fn apply_event(
             }
             _ => {}
         }
+        // What the machine did must be recorded even if no public address is free for it.
+        if let Err(e) = addresses::settle_public_ip(tx, &mut rec) {
+            tracing::warn!(instance = %scope.instance_id, error = %e, "public address not settled");
+        }
         tx.update(KIND, &scope.instance_id, &rec)?;
         Ok(doomed_volumes)
     });
@@ -787,6 +806,7 @@ fn terminate_record(
 ) -> Result<Vec<String>, ApiError> {
     set_state(rec, "terminated");
     rec.terminated_at = Some(Timestamp::now());
+    addresses::instance_terminated(tx, rec)?;
     let id = rec.id();
     let mut doomed = Vec::new();
     for mut v in tx.list::<crate::model::Volume>(volumes::KIND)? {
@@ -818,6 +838,7 @@ fn terminate_record(
     rec.instance.private_ip_address = None;
     rec.instance.private_dns_name = Some(String::new());
     rec.instance.public_ip_address = None;
+    rec.instance.public_dns_name = Some(String::new());
     rec.instance.subnet_id = None;
     rec.instance.vpc_id = None;
     rec.instance.security_groups = Some(Vec::new());
@@ -888,6 +909,7 @@ pub fn terminate_instances(
         );
         if ctx.api.compute.is_live(&id) {
             set_state(&mut rec, "shutting-down");
+            addresses::settle_public_ip(ctx.tx, &mut rec)?;
             save(ctx, &rec)?;
             let compute = ctx.api.compute.clone();
             ctx.after_commit(move || {
@@ -908,6 +930,7 @@ pub fn terminate_instances(
             changes.push(change(&rec.id(), &prev, "shutting-down"));
         }
     }
+    ctx.network_changed();
     Ok(TerminateInstancesResult {
         terminating_instances: Some(changes),
     })
@@ -956,6 +979,7 @@ pub fn stop_instances(
         rec.instance.state_transition_reason = Some(format!("User initiated ({})", now_text()));
         if ctx.api.compute.is_live(&id) {
             set_state(&mut rec, "stopping");
+            addresses::settle_public_ip(ctx.tx, &mut rec)?;
             save(ctx, &rec)?;
             let compute = ctx.api.compute.clone();
             let id2 = id.clone();
@@ -969,10 +993,12 @@ pub fn stop_instances(
                 "Client.UserInitiatedShutdown",
                 "Client.UserInitiatedShutdown: User initiated shutdown",
             );
+            addresses::settle_public_ip(ctx.tx, &mut rec)?;
             save(ctx, &rec)?;
             changes.push(change(&id, &prev, "stopping"));
         }
     }
+    ctx.network_changed();
     Ok(StopInstancesResult {
         stopping_instances: Some(changes),
     })
@@ -1005,11 +1031,13 @@ pub fn start_instances(
         set_state(&mut rec, "pending");
         rec.instance.state_reason = None;
         rec.instance.state_transition_reason = Some(String::new());
+        addresses::settle_public_ip(ctx.tx, &mut rec)?;
         save(ctx, &rec)?;
         let boot = images::boot_files(ctx, rec.instance.image_id.as_deref().unwrap_or_default());
         schedule_launch(ctx, &rec, boot)?;
         changes.push(change(&id, &prev, "pending"));
     }
+    ctx.network_changed();
     Ok(StartInstancesResult {
         starting_instances: Some(changes),
     })

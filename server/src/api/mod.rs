@@ -1,11 +1,14 @@
 //! EC2 actions, one module per resource family, and the machinery they share.
 
+pub mod addresses;
 pub mod common;
 pub mod images;
+pub mod instance_metadata;
 pub mod instance_types;
 pub mod instances;
 pub mod internet_gateways;
 pub mod key_pairs;
+pub mod network_interfaces;
 pub mod regions;
 pub mod route_tables;
 pub mod security_groups;
@@ -301,6 +304,15 @@ fn dispatch(call: Call<'_>) -> Result<String, ApiError> {
         "GetConsoleOutput" => call.run(instances::get_console_output),
         "DescribeInstanceAttribute" => call.run(instances::describe_instance_attribute),
         "ModifyInstanceAttribute" => call.run(instances::modify_instance_attribute),
+        "ModifyInstanceMetadataOptions" => {
+            call.run(instance_metadata::modify_instance_metadata_options)
+        }
+        "AllocateAddress" => call.run(addresses::allocate_address),
+        "AssociateAddress" => call.run(addresses::associate_address),
+        "DisassociateAddress" => call.run(addresses::disassociate_address),
+        "ReleaseAddress" => call.run(addresses::release_address),
+        "DescribeAddresses" => call.run(addresses::describe_addresses),
+        "DescribeNetworkInterfaces" => call.run(network_interfaces::describe_network_interfaces),
         "DescribeImages" => call.run(images::describe_images),
         "DescribeImageAttribute" => call.run(images::describe_image_attribute),
         "ModifyImageAttribute" => call.run(images::modify_image_attribute),

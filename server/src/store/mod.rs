@@ -123,6 +123,19 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Runs `f` over every account and region at once, for the data plane, which serves all
+    /// of them. Every write holds the same lock, so what `f` reads is one consistent view.
+    pub fn read_all_scopes<R>(
+        &self,
+        f: impl FnOnce(&AllScopes<'_>) -> Result<R, ApiError>,
+    ) -> Result<R, ApiError> {
+        let inner = self
+            .conn
+            .lock()
+            .map_err(|_| ApiError::internal("store lock poisoned"))?;
+        f(&AllScopes { conn: &inner.conn })
+    }
+
     /// Runs `f` in one transaction for the caller's (account, region); commits only on success.
     pub fn transaction<R>(
         &self,
@@ -164,6 +177,42 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         tx.commit().map_err(err)?;
     }
     Ok(())
+}
+
+/// Reads across every account and region; see [`Store::read_all_scopes`].
+pub struct AllScopes<'c> {
+    conn: &'c Connection,
+}
+
+impl AllScopes<'_> {
+    /// Resources of a kind, as (account, region, resource), oldest first.
+    pub fn list<T: DeserializeOwned>(
+        &self,
+        kind: &str,
+    ) -> Result<Vec<(String, String, T)>, ApiError> {
+        all_scopes(self.conn, kind)
+    }
+}
+
+fn all_scopes<T: DeserializeOwned>(
+    conn: &Connection,
+    kind: &str,
+) -> Result<Vec<(String, String, T)>, ApiError> {
+    let mut stmt = conn
+        .prepare_cached("SELECT account, region, body FROM resources WHERE kind=?1 ORDER BY seq")?;
+    let rows = stmt.query_map(params![kind], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (account, region, body) = row?;
+        out.push((account, region, serde_json::from_str(&body)?));
+    }
+    Ok(out)
 }
 
 /// A transaction scoped to one account and region. Every query goes through it.
@@ -271,6 +320,15 @@ impl Tx<'_> {
             out.push((account, serde_json::from_str(&body)?));
         }
         Ok(out)
+    }
+
+    /// Resources of a kind in every account and region, as (account, region, resource),
+    /// seeing this transaction's own writes: for what must be unique across all of ec2d.
+    pub fn list_all_scopes<T: DeserializeOwned>(
+        &self,
+        kind: &str,
+    ) -> Result<Vec<(String, String, T)>, ApiError> {
+        all_scopes(&self.tx, kind)
     }
 
     pub fn insert<T: Serialize>(&self, kind: &str, id: &str, value: &T) -> Result<(), ApiError> {
