@@ -689,9 +689,11 @@ fn schedule_launch(
             if gone {
                 unplug.detach_instance(&scope.instance_id);
             }
+            let started = event == MachineEvent::Started;
             apply_event(store, &storage, scope, event);
-            if gone {
-                // Stopped or terminated by itself: its public addresses were released.
+            // Running, its public addresses start to lead somewhere; stopped or terminated,
+            // they were released.
+            if gone || started {
                 unplug.sync();
             }
         });
