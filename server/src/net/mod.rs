@@ -16,6 +16,11 @@
 //! - DNS at VPC base + 2 and 169.254.169.253 ([`dns`]) for the `ip-a-b-c-d` names;
 //! - security groups with connection tracking ([`sg`]);
 //! - a [`LocalService`] seam for IMDS at 169.254.169.254:80, filled by [`ImdsService`];
+//! - ec2d's own EC2 API at [`API_ADDR`]:[`API_PORT`] (169.254.169.250:80, plain HTTP), so
+//!   instances can call it with their instance-profile credentials. Its TCP frames go to the
+//!   VPC's uplink, where the VPC's [`Gateway`] terminates them ([`Gateway::accept`]); like the
+//!   other link-local services it is not subject to security groups, but the source must be the
+//!   port's own address, and it is only there while the uplink is attached;
 //! - an uplink ([`UPLINK`]) for addresses outside the VPC, through which the host reaches
 //!   instances from [`HOST_ADDR`] via a per-VPC [`Gateway`], filtered like any other traffic.
 
@@ -64,6 +69,18 @@ pub const IMDS_ADDR: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
 
 /// The link-local alias of the Amazon-provided DNS server (the Route 53 Resolver address).
 pub const LINK_LOCAL_DNS_ADDR: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 253);
+
+/// Where instances reach ec2d's own EC2 API (plain HTTP on [`API_PORT`]). Next to IMDS (.254)
+/// and DNS (.253), so that the fabric's services sit together and a guest reaches them all the
+/// same way (ARP answered with [`ROUTER_MAC`], or through its default route). AWS uses no
+/// service at this address that we know of (its others are the Time Sync service at
+/// 169.254.169.123, DNS at .253 and IMDS at .254). Link-local, so no router forwards it and it
+/// can never clash with a VPC CIDR or another ENI's address.
+pub const API_ADDR: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 250);
+
+/// The TCP port of the API at [`API_ADDR`]: 80, as for IMDS, since it is plain HTTP. Any other
+/// port there is refused with a reset.
+pub const API_PORT: u16 = 80;
 
 /// The MTU EC2 advertises inside a VPC (jumbo frames), sent as DHCP option 26.
 pub const VPC_MTU: u16 = 9001;

@@ -10,8 +10,8 @@ use smoltcp::wire::{EthernetAddress, EthernetFrame, EthernetProtocol};
 use super::frame::{self, Ipv4Info, L4};
 use super::sg::{self, Conntrack, ConntrackConfig, Direction, FlowKey, PacketMeta, SgRule};
 use super::{
-    FabricError, IMDS_ADDR, LEASE_SECS, LINK_LOCAL_DNS_ADDR, MacAddr, PortId, ROUTER_MAC, VPC_MTU,
-    dhcp, dns,
+    API_ADDR, API_PORT, FabricError, IMDS_ADDR, LEASE_SECS, LINK_LOCAL_DNS_ADDR, MacAddr, PortId,
+    ROUTER_MAC, VPC_MTU, dhcp, dns,
 };
 
 /// The IMDS TCP port.
@@ -217,7 +217,8 @@ impl Vpc {
 
     /// Attaches (or detaches) the uplink. While detached, nothing is routed out of the VPC and
     /// [`Vpc::uplink_ingress`] takes nothing in: there is no one at the other end, and flows to
-    /// nowhere should not fill the conntrack tables.
+    /// nowhere should not fill the conntrack tables. The API at [`API_ADDR`] lives behind the
+    /// uplink, so it is only reachable while attached.
     pub fn set_uplink(&mut self, attached: bool) {
         self.uplink = attached;
     }
@@ -394,6 +395,7 @@ impl Vpc {
             || target == self.config.dns_addr()
             || target == IMDS_ADDR
             || target == LINK_LOCAL_DNS_ADDR
+            || target == API_ADDR
         {
             Some(ROUTER_MAC)
         } else {
@@ -464,6 +466,9 @@ impl Vpc {
                     .collect(),
                 _ => Vec::new(),
             };
+        }
+        if ip.dst == API_ADDR {
+            return self.route_to_api(from, raw, ip);
         }
 
         // Switching and routing to another ENI of this VPC.
@@ -548,10 +553,45 @@ impl Vpc {
             .unwrap_or_default()
     }
 
+    /// Hands a guest's TCP segment for [`API_ADDR`] to the uplink, where the VPC's gateway
+    /// answers it: served on [`API_PORT`], reset on any other port (so a mistyped port fails at
+    /// once instead of hanging). Anything but TCP is dropped. The API is a fabric service like
+    /// IMDS and DNS, so security groups do not apply (EC2 never filters its link-local services,
+    /// and an instance whose groups deny all egress can still fetch the credentials it would call
+    /// the API with), and nothing is tracked: the answers are let in by their source, not by
+    /// conntrack. The sender's address was checked by the caller.
+    fn route_to_api(&self, from: PortId, raw: &[u8], ip: &Ipv4Info<'_>) -> Vec<(PortId, Vec<u8>)> {
+        let tcp = matches!(ip.l4, L4::Tcp { .. });
+        // Trailing fragments carry no ports, and the gateway's stack does not reassemble.
+        if !self.uplink || !tcp || !ip.first_fragment {
+            tracing::trace!(%from, "dropping frame for the API address");
+            return Vec::new();
+        }
+        relink(raw, ROUTER_MAC, UPLINK_MAC)
+            .map(|f| vec![(UPLINK, f)])
+            .unwrap_or_default()
+    }
+
+    /// Whether an uplink frame from [`API_ADDR`] is an answer of the API: TCP from
+    /// [`API_PORT`] that is not a bare SYN (the API only ever answers connections guests open),
+    /// or the reset refusing a connection to another port. Such frames skip the security groups
+    /// (see [`Vpc::route_to_api`]); keeping the exemption this narrow stops it from becoming a
+    /// way around them.
+    fn is_api_answer(ip: &Ipv4Info<'_>) -> bool {
+        match ip.l4 {
+            L4::Tcp {
+                src_port, flags, ..
+            } => (src_port == API_PORT && (flags.ack || flags.rst)) || (flags.rst && !flags.syn),
+            _ => false,
+        }
+    }
+
     /// Takes a frame from the uplink (the host gateway) and returns it for delivery to the ENI
     /// that owns its destination address, if that ENI's ingress check passes. The source must be
     /// outside the VPC, so the uplink can never pose as an ENI; the frame's MACs are not looked
-    /// at and are rewritten, since the gateway does no ARP.
+    /// at and are rewritten, since the gateway does no ARP. The one exception is the API's
+    /// answers from [`API_ADDR`] (see [`Vpc::is_api_answer`]), delivered without a
+    /// security-group check, as the guest's frames to it were sent without one.
     pub fn uplink_ingress(&mut self, frame: &[u8], now: Instant) -> Vec<(PortId, Vec<u8>)> {
         let Ok(eth) = EthernetFrame::new_checked(frame) else {
             return Vec::new();
@@ -562,7 +602,26 @@ impl Vpc {
         let Some(ip) = frame::parse_ipv4(eth.payload()) else {
             return Vec::new();
         };
-        if !self.leaves_vpc(ip.src) || !ip.first_fragment {
+        if !ip.first_fragment {
+            return Vec::new();
+        }
+        if ip.src == API_ADDR {
+            if !self.uplink || !Self::is_api_answer(&ip) {
+                tracing::trace!(dst = %ip.dst, "dropping uplink frame from the API address");
+                return Vec::new();
+            }
+            return match self
+                .by_ip
+                .get(&ip.dst)
+                .and_then(|id| self.ports.get(id).map(|p| (*id, p.config.mac)))
+            {
+                Some((to, mac)) => relink(frame, ROUTER_MAC, mac)
+                    .map(|f| vec![(to, f)])
+                    .unwrap_or_default(),
+                None => Vec::new(),
+            };
+        }
+        if !self.leaves_vpc(ip.src) {
             return Vec::new();
         }
         let Some((to, mac)) = self
@@ -728,6 +787,17 @@ impl Vpc {
         .map(|f| vec![(from, f)])
         .unwrap_or_default()
     }
+}
+
+/// Copies a frame with new MACs and the IP header untouched: for the API, which like IMDS is an
+/// on-link neighbour of the guest (169.254/16 is never routed), so the router is not a hop and
+/// the TTL is not decremented. `None` if the frame is too short to carry an Ethernet header.
+fn relink(frame: &[u8], src_mac: MacAddr, dst_mac: MacAddr) -> Option<Vec<u8>> {
+    let mut out = frame.to_vec();
+    let mut eth = EthernetFrame::new_checked(&mut out[..]).ok()?;
+    eth.set_src_addr(EthernetAddress(src_mac));
+    eth.set_dst_addr(EthernetAddress(dst_mac));
+    Some(out)
 }
 
 /// All VPCs. A port belongs to exactly one VPC, and frames only ever reach ports of the VPC they
