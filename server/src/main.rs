@@ -176,7 +176,7 @@ fn run_serve(args: ServeArgs) -> Result<(), String> {
         .build()
         .map_err(|e| format!("cannot start runtime: {e}"))?;
     api.dataplane
-        .start(store, runtime.handle().clone())
+        .start(store, runtime.handle().clone(), args.listen)
         .map_err(|e| format!("cannot start the network fabric: {e}"))?;
     match ec2d::api::instances::reconcile(&api) {
         Ok(0) => {}

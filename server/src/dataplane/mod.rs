@@ -152,20 +152,37 @@ impl DataPlane {
 
     /// Starts the fabric and sync threads. Without this, machines run with no network.
     /// Public addresses are listened on with `runtime`'s tasks.
+    /// Guests reach ec2d's API (listening on `api`) at [`crate::net::API_ADDR`].
     pub fn start(
         self: &Arc<Self>,
         store: Arc<Store>,
         runtime: tokio::runtime::Handle,
+        api: std::net::SocketAddr,
     ) -> std::io::Result<()> {
         let (tx, rx) = mpsc::channel();
         if self.cmd.set(tx.clone()).is_err() || self.store.set(store).is_err() {
             return Ok(()); // already running
         }
-        let listeners = public::Listeners::new(runtime, tx);
+        let next_bridge = Arc::new(AtomicU64::new(1));
+        let listeners = public::Listeners::new(runtime.clone(), tx.clone(), Arc::clone(&next_bridge));
+        // A wildcard listener is reached on loopback.
+        let api = match api.ip() {
+            ip if ip.is_unspecified() => std::net::SocketAddr::new(
+                std::net::Ipv4Addr::LOCALHOST.into(),
+                api.port(),
+            ),
+            _ => api,
+        };
+        let bridges = public::Bridges::new(Some(public::ApiTarget {
+            runtime,
+            cmd: tx,
+            addr: api,
+            next_bridge,
+        }));
         let me = Arc::clone(self);
         std::thread::Builder::new()
             .name("fabric".into())
-            .spawn(move || me.fabric_loop(rx))?;
+            .spawn(move || me.fabric_loop(rx, bridges))?;
         let me = Arc::clone(self);
         std::thread::Builder::new()
             .name("fabric-sync".into())
@@ -279,10 +296,9 @@ impl DataPlane {
             .collect()
     }
 
-    fn fabric_loop(self: Arc<Self>, rx: Receiver<Cmd>) {
+    fn fabric_loop(self: Arc<Self>, rx: Receiver<Cmd>, mut bridges: public::Bridges) {
         let mut fabric = Fabric::new();
         let mut deliver: HashMap<PortId, SyncSender<Vec<u8>>> = HashMap::new();
-        let mut bridges = public::Bridges::default();
         let mut last_expire = Instant::now();
         loop {
             let now = Instant::now();
@@ -370,6 +386,7 @@ impl DataPlane {
                     if fabric.vpc(&vpc_id).is_none() {
                         fabric.add_vpc(&vpc_id, vpc)?;
                         self.install_services(fabric, &vpc_id);
+                        bridges.add_vpc(&vpc_id);
                     }
                     fabric.add_port(&vpc_id, port, config)
                 })();

@@ -162,13 +162,17 @@ pub(super) struct Listeners {
 }
 
 impl Listeners {
-    pub fn new(runtime: tokio::runtime::Handle, cmd: Sender<Cmd>) -> Self {
+    pub fn new(
+        runtime: tokio::runtime::Handle,
+        cmd: Sender<Cmd>,
+        next_bridge: Arc<AtomicU64>,
+    ) -> Self {
         Listeners {
             runtime,
             cmd,
             targets: Arc::new(Mutex::new(HashMap::new())),
             open: HashMap::new(),
-            next_bridge: Arc::new(AtomicU64::new(1)),
+            next_bridge,
         }
     }
 
@@ -240,7 +244,7 @@ impl Listeners {
     }
 }
 
-/// One host connection, host side: copies the socket to the fabric thread and back.
+/// One host connection to a public address: opens its VPC side, then carries it.
 async fn bridge(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
@@ -249,9 +253,8 @@ async fn bridge(
     vpc_id: String,
     cmd: Sender<Cmd>,
 ) {
-    let _ = stream.set_nodelay(true);
     let credits = Arc::new(Semaphore::new(HOST_CREDIT));
-    let (to_host, mut from_vpc) = mpsc::channel::<Vec<u8>>(TO_HOST_CHUNKS);
+    let (to_host, from_vpc) = mpsc::channel::<Vec<u8>>(TO_HOST_CHUNKS);
     if cmd
         .send(Cmd::HostConnect {
             bridge: id,
@@ -265,6 +268,36 @@ async fn bridge(
         return;
     }
     tracing::debug!(%peer, %dst, bridge = id, "host connection");
+    carry(stream, id, cmd, from_vpc, credits).await;
+}
+
+/// A guest's connection to ec2d's API endpoint, host side: connects to ec2d's own listener,
+/// then carries it.
+async fn api_bridge(
+    api: SocketAddr,
+    id: u64,
+    cmd: Sender<Cmd>,
+    from_vpc: mpsc::Receiver<Vec<u8>>,
+    credits: Arc<Semaphore>,
+) {
+    match tokio::net::TcpStream::connect(api).await {
+        Ok(stream) => carry(stream, id, cmd, from_vpc, credits).await,
+        Err(e) => {
+            tracing::warn!(%api, error = %e, "cannot reach ec2d's API for a guest");
+            let _ = cmd.send(Cmd::HostGone { bridge: id });
+        }
+    }
+}
+
+/// Copies a host socket to the fabric thread and back until both directions are done.
+async fn carry(
+    stream: tokio::net::TcpStream,
+    id: u64,
+    cmd: Sender<Cmd>,
+    mut from_vpc: mpsc::Receiver<Vec<u8>>,
+    credits: Arc<Semaphore>,
+) {
+    let _ = stream.set_nodelay(true);
     let (mut rd, mut wr) = stream.into_split();
     let up_cmd = cmd.clone();
     let up = async move {
@@ -315,16 +348,76 @@ struct Bridge {
     opened: Instant,
 }
 
-/// The gateways (one per VPC with host connections) and the bridges through them.
-#[derive(Default)]
+/// Where guests' connections to the API endpoint are carried to.
+pub(super) struct ApiTarget {
+    pub runtime: tokio::runtime::Handle,
+    pub cmd: Sender<Cmd>,
+    /// ec2d's own API listener.
+    pub addr: SocketAddr,
+    /// Shared with [`Listeners`], so bridge ids never collide.
+    pub next_bridge: Arc<AtomicU64>,
+}
+
+/// The gateways (one per VPC in the fabric) and the bridges through them.
 pub(super) struct Bridges {
     gateways: HashMap<String, Gateway>,
     bridges: HashMap<u64, Bridge>,
+    api: Option<ApiTarget>,
     /// A bridge could not hand data to the host: look again soon rather than at the next timer.
     pub backlogged: bool,
 }
 
 impl Bridges {
+    pub fn new(api: Option<ApiTarget>) -> Self {
+        Bridges {
+            gateways: HashMap::new(),
+            bridges: HashMap::new(),
+            api,
+            backlogged: false,
+        }
+    }
+
+    /// A VPC joined the fabric: its gateway serves guests' API connections from now on.
+    pub fn add_vpc(&mut self, vpc_id: &str) {
+        self.gateways.entry(vpc_id.to_string()).or_default();
+    }
+
+    /// Takes the guests' new connections to the API endpoint and starts carrying them.
+    fn accept_api(&mut self, now: Instant) {
+        for (vpc_id, g) in &mut self.gateways {
+            while let Some((conn, guest)) = g.accept() {
+                let Some(api) = &self.api else {
+                    g.abort(conn);
+                    continue;
+                };
+                let id = api.next_bridge.fetch_add(1, Ordering::Relaxed);
+                let credits = Arc::new(Semaphore::new(HOST_CREDIT));
+                let (to_host, from_vpc) = mpsc::channel::<Vec<u8>>(TO_HOST_CHUNKS);
+                tracing::debug!(%guest, vpc = %vpc_id, bridge = id, "guest connection to the API");
+                api.runtime.spawn(api_bridge(
+                    api.addr,
+                    id,
+                    api.cmd.clone(),
+                    from_vpc,
+                    Arc::clone(&credits),
+                ));
+                self.bridges.insert(
+                    id,
+                    Bridge {
+                        vpc_id: vpc_id.clone(),
+                        conn,
+                        to_host,
+                        credits,
+                        pending: Vec::new(),
+                        host_eof: false,
+                        fin_sent: false,
+                        opened: now,
+                    },
+                );
+            }
+        }
+    }
+
     pub fn connect(
         &mut self,
         id: u64,
@@ -385,6 +478,7 @@ impl Bridges {
 
     /// Moves bytes both ways, then runs the gateways; returns the frames for the ports.
     pub fn pump(&mut self, fabric: &mut Fabric, now: Instant) -> Vec<(PortId, Vec<u8>)> {
+        self.accept_api(now);
         let mut buf = vec![0u8; 16 * 1024];
         let mut finished = Vec::new();
         self.backlogged = false;
@@ -444,6 +538,8 @@ impl Bridges {
         }
         self.gateways
             .retain(|vpc_id, g| g.connections() > 0 || fabric.vpc(vpc_id).is_some());
+        // Frames that arrived in the polls above may have completed handshakes.
+        self.accept_api(now);
         out
     }
 
