@@ -306,6 +306,16 @@ pub fn instance_role_credentials(
     })
 }
 
+/// [`instance_role_credentials`] within a transaction the caller already holds on the
+/// instance's (account, region), as the metadata service builds an instance's whole view in
+/// one; calling the store-level function there would wait on the store's lock forever.
+pub fn instance_role_credentials_in(
+    tx: &Tx<'_>,
+    instance_id: &str,
+) -> Result<Option<IamView>, ApiError> {
+    role_credentials_at(tx, instance_id, Utc::now())
+}
+
 fn role_credentials_at(
     tx: &Tx<'_>,
     instance_id: &str,
@@ -343,17 +353,18 @@ fn role_credentials_at(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::api::iam::instance_profiles::KIND as PROFILE_KIND;
     use crate::api::iam::roles::KIND as ROLE_KIND;
     use crate::model::iam::{InstanceProfile, Role};
     use crate::store::GLOBAL;
 
-    const ACCOUNT: &str = "000000000000";
-    const INSTANCE: &str = "i-0123456789abcdef0";
+    pub(crate) const ACCOUNT: &str = "000000000000";
+    pub(crate) const INSTANCE: &str = "i-0123456789abcdef0";
 
-    fn seed(store: &Store, with_role: bool) {
+    /// Role `Web` in profile `web-profile`, associated with `INSTANCE` in eu-west-1.
+    pub(crate) fn seed(store: &Store, with_role: bool) {
         store
             .transaction(ACCOUNT, GLOBAL, |tx| {
                 let role = Role {
