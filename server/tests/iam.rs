@@ -21,7 +21,6 @@ use ec2d::api::instances::{self, InstanceRecord};
 use ec2d::auth::Keyring;
 use ec2d::compute::{Compute, EngineChoice};
 use ec2d::http::{Server, serve};
-use ec2d::model::{Instance, InstanceState};
 use ec2d::storage::Storage;
 use ec2d::store::Store;
 
@@ -210,25 +209,20 @@ fn iam(addr: SocketAddr, action: &str, args: &str) -> String {
 /// An instance record, as RunInstances would leave it; written directly because this test
 /// runs without an engine to launch machines.
 fn seed_instance(store: &Store) {
-    let rec = InstanceRecord {
-        instance: Instance {
-            instance_id: Some(INSTANCE.into()),
-            state: Some(InstanceState {
-                code: Some(16),
-                name: Some("running".into()),
-            }),
-            ..Default::default()
-        },
-        reservation_id: "r-0123456789abcdef0".into(),
-        user_data: None,
-        shutdown_behavior: "stop".into(),
-        disable_api_termination: false,
-        disable_api_stop: false,
-        smbios_uuid: "ec201234-5678-9abc-def0-000000000000".into(),
-        vcpus: 1,
-        memory_mib: 512,
-        terminated_at: None,
-    };
+    // From JSON, so fields other families add (with serde defaults) need no change here.
+    let rec: InstanceRecord = serde_json::from_value(serde_json::json!({
+        "instance": {"InstanceId": INSTANCE, "State": {"Code": 16, "Name": "running"}},
+        "reservation_id": "r-0123456789abcdef0",
+        "user_data": null,
+        "shutdown_behavior": "stop",
+        "disable_api_termination": false,
+        "disable_api_stop": false,
+        "smbios_uuid": "ec201234-5678-9abc-def0-000000000000",
+        "vcpus": 1,
+        "memory_mib": 512,
+        "terminated_at": null,
+    }))
+    .expect("instance record");
     store
         .transaction(ACCOUNT, "us-east-1", |tx| {
             tx.insert(instances::KIND, INSTANCE, &rec)

@@ -194,28 +194,26 @@ mod tests {
     use super::*;
     use crate::api::iam_instance_profiles::tests::{ACCOUNT, INSTANCE, seed};
     use crate::imds::{Imds, Request};
-    use crate::model::Instance;
 
     #[test]
     fn the_view_carries_the_instance_role_credentials() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("db.sqlite")).unwrap();
         seed(&store, true);
-        let rec = InstanceRecord {
-            instance: Instance {
-                instance_id: Some(INSTANCE.into()),
-                ..Default::default()
-            },
-            reservation_id: "r-0123456789abcdef0".into(),
-            user_data: None,
-            shutdown_behavior: "stop".into(),
-            disable_api_termination: false,
-            disable_api_stop: false,
-            smbios_uuid: String::new(),
-            vcpus: 1,
-            memory_mib: 512,
-            terminated_at: None,
-        };
+        // From JSON, so fields other families add (with serde defaults) need no change here.
+        let rec: InstanceRecord = serde_json::from_value(serde_json::json!({
+            "instance": {"InstanceId": INSTANCE},
+            "reservation_id": "r-0123456789abcdef0",
+            "user_data": null,
+            "shutdown_behavior": "stop",
+            "disable_api_termination": false,
+            "disable_api_stop": false,
+            "smbios_uuid": "",
+            "vcpus": 1,
+            "memory_mib": 512,
+            "terminated_at": null,
+        }))
+        .unwrap();
         store
             .transaction(ACCOUNT, "eu-west-1", |tx| {
                 tx.insert(instances::KIND, INSTANCE, &rec)
