@@ -2,9 +2,10 @@
 
 * ``Ec2d``: start ``ec2d serve`` on a free port with its own data dir, wait for
   ``/_ec2d/health``, stop it (SIGTERM, then SIGKILL) -- or kill -9 it.
-* ``client()``: a boto3 EC2 client whose every response goes through strict.py.
+* ``client()``: a boto3 EC2 client whose every response goes through strict.py;
+  ``iam_client()`` the same for IAM (same endpoint, SigV4 service ``iam``).
 * ``aws()``: aws-cli v1 run in-process (awscli.clidriver) with the strict hook
-  registered on its botocore session.
+  registered on its botocore session (``service="iam"`` for ``aws iam``).
 * ``raw_request()``: a hand-built SigV4-signed (or deliberately broken) Query
   request sent with http.client, for protocol and auth negative cases; its
   response is strict-checked too.
@@ -144,13 +145,14 @@ class Ec2d:
 
 
 # ------------------------------------------------------------------ clients
-def client(endpoint, region="us-east-1", key=DEFAULT_KEY, secret=DEFAULT_SECRET, check=True, recorder=None):
+def client(endpoint, region="us-east-1", key=DEFAULT_KEY, secret=DEFAULT_SECRET, check=True, recorder=None,
+           service="ec2", token=None):
     import boto3
     from botocore.config import Config
 
     c = boto3.client(
-        "ec2", region_name=region, endpoint_url=endpoint, aws_access_key_id=key,
-        aws_secret_access_key=secret,
+        service, region_name=region, endpoint_url=endpoint, aws_access_key_id=key,
+        aws_secret_access_key=secret, aws_session_token=token,
         config=Config(retries={"max_attempts": 1, "mode": "standard"}, connect_timeout=5, read_timeout=30),
     )
     if check:
@@ -158,8 +160,13 @@ def client(endpoint, region="us-east-1", key=DEFAULT_KEY, secret=DEFAULT_SECRET,
     return c
 
 
-def aws(endpoint, *args, region="us-east-1", key=DEFAULT_KEY, secret=DEFAULT_SECRET, check=True):
-    """Run `aws --endpoint-url ENDPOINT ec2 ARGS...` in-process. Returns (rc, stdout, stderr, json|None)."""
+def iam_client(endpoint, region="us-east-1", **kw):
+    """A boto3 IAM client for ec2d's endpoint, strict-checked against the IAM model."""
+    return client(endpoint, region, service="iam", **kw)
+
+
+def aws(endpoint, *args, region="us-east-1", key=DEFAULT_KEY, secret=DEFAULT_SECRET, check=True, service="ec2"):
+    """Run `aws --endpoint-url ENDPOINT SERVICE ARGS...` in-process. Returns (rc, stdout, stderr, json|None)."""
     from awscli.clidriver import create_clidriver
 
     env = {
@@ -180,7 +187,7 @@ def aws(endpoint, *args, region="us-east-1", key=DEFAULT_KEY, secret=DEFAULT_SEC
             logging.getLogger(lg).setLevel(logging.WARNING)
         if check:
             strict.install(driver.session)
-        argv = ["--endpoint-url", endpoint, "ec2", *args]
+        argv = ["--endpoint-url", endpoint, service, *args]
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
                 rc = driver.main(argv)
@@ -204,14 +211,14 @@ def aws(endpoint, *args, region="us-east-1", key=DEFAULT_KEY, secret=DEFAULT_SEC
 
 
 # --------------------------------------------------------------- raw query
-def sign(method, url, body, headers, region, key, secret, when=None, service="ec2"):
+def sign(method, url, body, headers, region, key, secret, when=None, service="ec2", token=None):
     """SigV4-sign a request with botocore; returns the final headers dict."""
     from botocore.auth import SigV4Auth
     from botocore.awsrequest import AWSRequest
     from botocore.credentials import Credentials
 
     req = AWSRequest(method=method, url=url, data=body, headers=dict(headers))
-    auth = SigV4Auth(Credentials(key, secret), service, region)
+    auth = SigV4Auth(Credentials(key, secret, token), service, region)
     if when is not None:
         # botocore.auth reads the clock through utils.get_current_datetime
         import botocore.auth as ba
@@ -250,39 +257,46 @@ def send(url, method, path, body=b"", headers=None):
 
 
 def raw_request(endpoint, params, region="us-east-1", key=DEFAULT_KEY, secret=DEFAULT_SECRET, when=None,
-                mutate=None, sign_it=True, check_op=None):
-    """POST an EC2 Query request. ``mutate(body, headers) -> (body, headers)`` runs after signing.
+                mutate=None, sign_it=True, check_op=None, service="ec2", token=None):
+    """POST a Query request (EC2's, or IAM's with ``service="iam"``).
+    ``mutate(body, headers) -> (body, headers)`` runs after signing.
 
     The response is checked by strict.py against ``check_op`` (default: the Action,
     if it is a model operation; otherwise only as an error envelope)."""
     if "Version" not in params:
-        params = {**params, "Version": "2016-11-15"}
+        params = {**params, "Version": "2010-05-08" if service == "iam" else "2016-11-15"}
     body = urllib.parse.urlencode(params).encode()
     headers = {"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"}
     u = urllib.parse.urlsplit(endpoint)
     headers["Host"] = u.netloc
+    if token is not None:
+        headers["X-Amz-Security-Token"] = token
     if sign_it:
-        headers = sign("POST", endpoint + "/", body, headers, region, key, secret, when=when)
+        headers = sign("POST", endpoint + "/", body, headers, region, key, secret, when=when, service=service,
+                       token=token)
     if mutate:
         body, headers = mutate(body, headers)
     status, rh, rb = send(endpoint, "POST", "/", body, headers)
-    check_raw(params.get("Action"), status, rb, rh, check_op)
+    check_raw(params.get("Action"), status, rb, rh, check_op, service=service)
     return status, rh, rb
 
 
-_MODEL = None
+_MODELS = {}
 
 
-def check_raw(action, status, body, headers, op=None):
+def check_raw(action, status, body, headers, op=None, service="ec2"):
     """Strict-check a response obtained outside botocore, recording into strict.RECORDER."""
-    global _MODEL
-    v = strict._validator_for(_ec2_model())
-    m = _ec2_model()
+    m = _model(service)
+    v = strict._validator_for(m)
     name = op or action or "(no Action)"
     if name in m.operation_names:
         probs = v.validate(name, status, body, headers)
+    elif status < 300:
+        probs = [f"HTTP {status} for unknown action {name}"]
+    elif v.query:
+        probs = v.validate_query_error_envelope(body)
     else:
-        probs = v.validate_error_envelope(body) if status >= 300 else [f"HTTP {status} for unknown action {name}"]
+        probs = v.validate_error_envelope(body)
     with strict.RECORDER._lock:
         strict.RECORDER.checked += 1
         strict.RECORDER.operations[name] = strict.RECORDER.operations.get(name, 0) + 1
@@ -292,21 +306,28 @@ def check_raw(action, status, body, headers, op=None):
         raise strict.StrictViolation(f"{name} HTTP {status}: {probs}\nbody: {body[:1500]!r}")
 
 
-def _ec2_model():
-    global _MODEL
-    if _MODEL is None:
+def _model(service="ec2"):
+    if service not in _MODELS:
         import botocore.session
 
-        _MODEL = botocore.session.get_session().get_service_model("ec2")
-    return _MODEL
+        _MODELS[service] = botocore.session.get_session().get_service_model(service)
+    return _MODELS[service]
+
+
+def _ec2_model():
+    return _model("ec2")
 
 
 def error_code(body):
+    """(Code, Message) of an EC2 or IAM error document."""
     import xml.etree.ElementTree as ET
 
     root = ET.fromstring(body)
     e = root.find("Errors/Error")
-    return (e.findtext("Code"), e.findtext("Message")) if e is not None else (None, None)
+    if e is None:
+        e = root.find("{*}Error")
+    return (e.findtext("{*}Code") or e.findtext("Code"), e.findtext("{*}Message") or e.findtext("Message")) \
+        if e is not None else (None, None)
 
 
 def utcnow():

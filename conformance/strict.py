@@ -42,6 +42,17 @@ Rules for an error response (HTTP >= 400):
   success body with an error status, or an error body with status 200, is a
   problem.
 
+Query-protocol models (IAM, ``protocol: query``) are checked by the same rules
+with their own envelope:
+  * success: root ``{Operation}Response`` in the model's ``xmlNamespace``, holding
+    exactly one ``{resultWrapper}`` element with the output shape's members (when
+    the operation has an output) and exactly one
+    ``ResponseMetadata/RequestId`` (a UUID), nothing else; list items are
+    ``member`` unless the model names them; timestamps may be any ISO 8601;
+  * error: ``<ErrorResponse xmlns=…><Error><Type>Sender|Receiver</Type><Code/>
+    <Message/></Error><RequestId/></ErrorResponse>``, nothing else, a non-empty
+    Code and a UUID RequestId.
+
 Use:
     v = Validator()
     problems = v.validate("DescribeVpcs", status, body_bytes, headers)
@@ -49,7 +60,8 @@ Use:
     install(boto3_client_or_botocore_session)   # checks every EC2 response
     RECORDER.problems                           # everything seen so far
 
-``install`` registers a handler on ``before-parse.ec2.*``; by default it raises
+``install`` registers a handler on ``before-parse.ec2.*`` and ``before-parse.iam.*``;
+by default it raises
 ``StrictViolation`` (an AssertionError) so the calling test fails at the call.
 """
 from __future__ import annotations
@@ -115,6 +127,14 @@ class Validator:
             import botocore.session
 
             self.service_model = botocore.session.get_session().get_service_model("ec2")
+        self.query = self.service_model.metadata.get("protocol") == "query"
+        if self.query:
+            # The dataclass defaults describe EC2; a query model brings its own namespace,
+            # and its services print timestamps without EC2's fixed milliseconds.
+            if self.namespace == EC2_NS:
+                self.namespace = self.service_model.metadata.get("xmlNamespace")
+            if self.timestamp_style == "ec2":
+                self.timestamp_style = "iso"
         if self.ec2_item_lists is None:
             self.ec2_item_lists = (
                 self.service_model.metadata.get("protocol") == "ec2"
@@ -144,6 +164,18 @@ class Validator:
         except ET.ParseError as e:
             return problems + [f"body is not well-formed XML: {e}: {body[:200]!r}"]
         _, local = _split(root.tag)
+        if self.query:
+            if status is not None and status >= 300:
+                if local != "ErrorResponse":
+                    problems.append(
+                        f"HTTP {status} but root is {root.tag!r}, expected error envelope <ErrorResponse>"
+                    )
+                    return problems
+                return problems + self.validate_query_error_envelope(root)
+            if local == "ErrorResponse":
+                problems.append(f"HTTP {status} but body is an error envelope")
+                return problems + self.validate_query_error_envelope(root)
+            return problems + self.validate_query_success(op, root)
         if status is not None and status >= 300:
             if local != "Response":
                 problems.append(
@@ -201,6 +233,99 @@ class Validator:
                 code = e.find("Code")
                 if code is not None and not (code.text or "").strip():
                     p.append(f"{path}/Code: empty")
+        return p
+
+    def validate_query_error_envelope(self, root):
+        if isinstance(root, (bytes, str)):
+            root = ET.fromstring(root)
+        p = []
+        ns, local = _split(root.tag)
+        if local != "ErrorResponse":
+            p.append(f"error root is {local!r}, expected 'ErrorResponse'")
+        if ns not in (None, self.namespace):
+            p.append(f"error namespace is {ns!r}, expected {self.namespace!r}")
+        self._ns = ns
+        self._no_attrs(root, "/ErrorResponse", p)
+        self._no_text(root, "/ErrorResponse", p)
+        counts = {}
+        for ch in root:
+            self._check_ns(ch, f"/ErrorResponse/{_split(ch.tag)[1]}", p)
+            name = _split(ch.tag)[1]
+            counts[name] = counts.get(name, 0) + 1
+            if name not in ("Error", "RequestId"):
+                p.append(f"/ErrorResponse: unexpected element {name!r}")
+        for need in ("Error", "RequestId"):
+            if counts.get(need, 0) != 1:
+                p.append(f"/ErrorResponse: expected exactly one {need}, found {counts.get(need, 0)}")
+        for ch in root:
+            name = _split(ch.tag)[1]
+            if name == "RequestId":
+                self._check_request_id(ch, "/ErrorResponse/RequestId", p)
+            elif name == "Error":
+                self._no_attrs(ch, "/ErrorResponse/Error", p)
+                self._no_text(ch, "/ErrorResponse/Error", p)
+                c = {}
+                for f in ch:
+                    fname = _split(f.tag)[1]
+                    self._check_ns(f, f"/ErrorResponse/Error/{fname}", p)
+                    c[fname] = c.get(fname, 0) + 1
+                    if fname not in ("Type", "Code", "Message"):
+                        p.append(f"/ErrorResponse/Error: unexpected element {fname!r}")
+                    elif len(f):
+                        p.append(f"/ErrorResponse/Error/{fname}: has child elements")
+                    elif fname == "Type" and (f.text or "") not in ("Sender", "Receiver"):
+                        p.append(f"/ErrorResponse/Error/Type: {f.text!r} is not Sender or Receiver")
+                    elif fname == "Code" and not (f.text or "").strip():
+                        p.append("/ErrorResponse/Error/Code: empty")
+                for need in ("Type", "Code", "Message"):
+                    if c.get(need, 0) != 1:
+                        p.append(f"/ErrorResponse/Error: expected exactly one {need}, found {c.get(need, 0)}")
+        return p
+
+    def validate_query_success(self, op, root):
+        if isinstance(root, (bytes, str)):
+            root = ET.fromstring(root)
+        p = []
+        ns, local = _split(root.tag)
+        want = f"{op.name}Response"
+        if local != want:
+            p.append(f"root element is {local!r}, expected {want!r}")
+        if ns != self.namespace:
+            p.append(f"root namespace is {ns!r}, expected {self.namespace!r}")
+        self._no_attrs(root, "/" + local, p)
+        self._no_text(root, "/" + local, p)
+        self._ns = ns
+        shape = op.output_shape
+        # botocore carries the output reference's resultWrapper in the shape's serialization.
+        wrapper = shape.serialization.get("resultWrapper") if shape is not None else None
+        if shape is not None and wrapper is None:
+            p.append(f"model gives operation {op.name} an output without a resultWrapper")
+            return p
+        counts = {}
+        for c in root:
+            name = _split(c.tag)[1]
+            counts[name] = counts.get(name, 0) + 1
+            cpath = f"/{local}/{name}"
+            self._check_ns(c, cpath, p)
+            if name == "ResponseMetadata":
+                self._no_attrs(c, cpath, p)
+                self._no_text(c, cpath, p)
+                kids = [_split(k.tag)[1] for k in c]
+                if kids != ["RequestId"]:
+                    p.append(f"{cpath}: expected exactly one RequestId, found {kids}")
+                for k in c:
+                    self._check_ns(k, f"{cpath}/{_split(k.tag)[1]}", p)
+                    if _split(k.tag)[1] == "RequestId":
+                        self._check_request_id(k, f"{cpath}/RequestId", p)
+            elif wrapper is not None and name == wrapper:
+                self._no_attrs(c, cpath, p)
+                self._structure(shape, c, cpath, p)
+            else:
+                p.append(f"/{local}: unexpected element {name!r}")
+        if counts.get("ResponseMetadata", 0) != 1:
+            p.append(f"/{local}: expected exactly one ResponseMetadata, found {counts.get('ResponseMetadata', 0)}")
+        if wrapper is not None and counts.get(wrapper, 0) != 1:
+            p.append(f"/{local}: expected exactly one {wrapper}, found {counts.get(wrapper, 0)}")
         return p
 
     def validate_success(self, op, root):
@@ -478,4 +603,5 @@ def install(target, recorder=None):
     if events is None:
         raise TypeError(f"cannot install the strict hook on {target!r}")
     events.register("before-parse.ec2.*", handler, unique_id="ec2d-strict-check")
+    events.register("before-parse.iam.*", handler, unique_id="ec2d-strict-check-iam")
     return handler

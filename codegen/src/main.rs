@@ -1,7 +1,9 @@
-//! Generates `server/src/model/` from botocore's EC2 model.
+//! Generates `server/src/model/` from botocore's EC2 model (protocol `ec2`) and IAM model
+//! (protocol `query`); the protocol is read from the model's metadata.
 //!
 //! Usage:
 //!   `codegen --model service-2.json[.gz] --ops codegen/operations.txt --out server/src/model/generated.rs [--check]`
+//!   `codegen --model iam/service-2.json[.gz] --ops codegen/iam-operations.txt --out server/src/model/iam_generated.rs`
 //!   `codegen --protocol-tests INPUT_CASES.json OUTPUT_CASES.json --out FILE [--check]`
 //!   (the case files are exported by `conformance/protocol_cases.py export`)
 //!
@@ -125,5 +127,10 @@ fn model_code(model: &Value, args: &Args) -> Result<String, String> {
             .collect(),
         None => BTreeSet::new(),
     };
-    emit::generate(model, &selected, args.all_shapes)
+    let ops_file = args
+        .ops
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "the operations list".to_string());
+    emit::generate(model, &selected, args.all_shapes, &ops_file)
 }

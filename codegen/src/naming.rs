@@ -77,6 +77,15 @@ pub fn query_name(member_name: &str, member: &serde_json::Value) -> String {
     s
 }
 
+/// Botocore's query serializer: the member's `locationName`, else its name, as written.
+pub fn serialized_name(member_name: &str, member: &serde_json::Value) -> String {
+    member
+        .get("locationName")
+        .and_then(|v| v.as_str())
+        .unwrap_or(member_name)
+        .to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -251,3 +251,63 @@ def test_enum_exception_is_narrow(v):
     # 'available' is still rejected where the enum does not allow it
     one(v.validate("DescribeVpcs", 200, vpcs(GOOD_VPC.replace("<state>associated", "<state>available")), XH),
         "not in enum")
+
+
+# ------------------------------------------------------------ query protocol (IAM)
+IAM_NS = "https://iam.amazonaws.com/doc/2010-05-08/"
+
+
+@pytest.fixture(scope="module")
+def iam_v():
+    import botocore.session
+
+    return Validator(service_model=botocore.session.get_session().get_service_model("iam"))
+
+
+ROLE = (
+    "<Role><Path>/</Path><RoleName>web</RoleName><RoleId>AROAAAAAAAAAAAAAAAAAA</RoleId>"
+    "<Arn>arn:aws:iam::000000000000:role/web</Arn><CreateDate>2026-11-26T10:00:00Z</CreateDate>"
+    "<MaxSessionDuration>3600</MaxSessionDuration>"
+    "<Tags><member><Key>a</Key><Value>b</Value></member></Tags></Role>"
+)
+
+
+def iam_doc(op, result=None, rid=RID, ns=IAM_NS, extra=""):
+    inner = f"<{op}Result>{result}</{op}Result>" if result is not None else ""
+    meta = f"<ResponseMetadata><RequestId>{rid}</RequestId></ResponseMetadata>"
+    return f'<{op}Response xmlns="{ns}">{inner}{extra}{meta}</{op}Response>'
+
+
+def iam_error(code="NoSuchEntity", typ="Sender", extra=""):
+    return (f'<ErrorResponse xmlns="{IAM_NS}"><Error><Type>{typ}</Type><Code>{code}</Code>'
+            f"<Message>m</Message>{extra}</Error><RequestId>{RID}</RequestId></ErrorResponse>")
+
+
+def test_iam_good_responses(iam_v):
+    assert iam_v.validate("GetRole", 200, iam_doc("GetRole", ROLE), XH) == []
+    assert iam_v.validate("DeleteRole", 200, iam_doc("DeleteRole"), XH) == []
+    lst = f"<Roles>{ROLE.replace('<Role>', '<member>').replace('</Role>', '</member>')}</Roles><IsTruncated>false</IsTruncated>"
+    assert iam_v.validate("ListRoles", 200, iam_doc("ListRoles", lst), XH) == []
+    assert iam_v.validate("GetRole", 404, iam_error(), XH) == []
+
+
+def test_iam_envelope_rules(iam_v):
+    one(iam_v.validate("GetRole", 200, iam_doc("GetRole", ROLE, ns="urn:x"), XH), "root namespace")
+    one(iam_v.validate("GetRole", 200, iam_doc("GetRole", ROLE, rid="nope"), XH), "not a UUID")
+    one(iam_v.validate("GetRole", 200, iam_doc("GetRole", ROLE).replace("GetRoleResult", "Result"), XH),
+        "expected exactly one GetRoleResult")
+    one(iam_v.validate("DeleteRole", 200, iam_doc("DeleteRole", extra="<return>true</return>"), XH),
+        "unexpected element 'return'")
+    one(iam_v.validate("GetRole", 200, iam_doc("GetRole", ROLE.replace("<member>", "<item>").replace("</member>", "</item>")), XH),
+        "missing item wrapper")
+    one(iam_v.validate("GetRole", 200, iam_doc("GetRole", ROLE.replace("<RoleName>", "<Bogus/><RoleName>")), XH),
+        "not defined by shape")
+
+
+def test_iam_error_rules(iam_v):
+    one(iam_v.validate("GetRole", 404, iam_error(typ="Client"), XH), "not Sender or Receiver")
+    one(iam_v.validate("GetRole", 404, iam_error(extra="<Detail/>"), XH), "unexpected element 'Detail'")
+    one(iam_v.validate("GetRole", 404, iam_error(code=""), XH), "Code: empty")
+    ec2_style = f"<Response><Errors><Error><Code>X</Code><Message>m</Message></Error></Errors><RequestID>{RID}</RequestID></Response>"
+    one(iam_v.validate("GetRole", 400, ec2_style, XH), "expected error envelope <ErrorResponse>")
+    one(iam_v.validate("GetRole", 200, iam_error(), XH), "body is an error envelope")

@@ -64,6 +64,7 @@ impl From<DecodeError> for ApiError {
             DecodeError::UnknownParameter(_) => "UnknownParameter",
             DecodeError::MissingParameter(_) => "MissingParameter",
             DecodeError::InvalidParameterValue(_) => "InvalidParameterValue",
+            DecodeError::ValidationError(_) => "ValidationError",
         };
         ApiError::new(code, e.to_string())
     }

@@ -16,7 +16,7 @@ use crate::api::common::{
 use crate::api::instance_types::catalog;
 use crate::api::security_groups::{self, GroupRecord};
 use crate::api::subnets::{self, ENI_KIND};
-use crate::api::{Ctx, addresses, images, key_pairs, volumes, vpcs};
+use crate::api::{Ctx, addresses, iam_instance_profiles, images, key_pairs, volumes, vpcs};
 use crate::compute::engine::{MachineEvent, MachineSpec};
 use crate::compute::{EventHandler, Scope};
 use crate::error::ApiError;
@@ -378,6 +378,8 @@ pub fn run_instances(ctx: &Ctx, input: RunInstancesRequest) -> Result<Reservatio
         ));
     }
     let image = images::resolve_for_launch(ctx, &image_id)?;
+    let profile =
+        iam_instance_profiles::resolve_for_launch(ctx, input.iam_instance_profile.as_ref())?;
     let subnet = launch_subnet(ctx, &input)?;
     let subnet_id = subnet.subnet_id.clone().unwrap_or_default();
     let vpc_id = subnet.vpc_id.clone().unwrap_or_default();
@@ -556,6 +558,7 @@ pub fn run_instances(ctx: &Ctx, input: RunInstancesRequest) -> Result<Reservatio
             usage_operation_update_time: Some(launch_time),
             boot_mode: image.image.boot_mode.clone(),
             current_instance_boot_mode: Some("legacy-bios".into()),
+            iam_instance_profile: profile.as_ref().map(|p| p.shown()),
             ..Default::default()
         };
         let mut rec = InstanceRecord {
@@ -575,6 +578,9 @@ pub fn run_instances(ctx: &Ctx, input: RunInstancesRequest) -> Result<Reservatio
             ctx.network_changed();
         }
         ctx.tx.insert(KIND, &id, &rec)?;
+        if let Some(p) = &profile {
+            iam_instance_profiles::associate_at_launch(ctx, &id, p)?;
+        }
         let inst_tags: Option<Vec<crate::model::TagSpecification>> =
             input.tag_specifications.as_ref().map(|specs| {
                 specs
@@ -810,6 +816,7 @@ fn terminate_record(
     rec.terminated_at = Some(Timestamp::now());
     addresses::instance_terminated(tx, rec)?;
     let id = rec.id();
+    iam_instance_profiles::release_instance(tx, &id)?;
     let mut doomed = Vec::new();
     for mut v in tx.list::<crate::model::Volume>(volumes::KIND)? {
         let Some(att) = v
@@ -1127,6 +1134,7 @@ const FILTERS: &[&str] = &[
     "client-token",
     "dns-name",
     "hypervisor",
+    "iam-instance-profile.arn",
     "image-id",
     "instance-id",
     "instance-lifecycle",
@@ -1191,6 +1199,12 @@ fn instance_values(rec: &InstanceRecord, account: &str, f: &str) -> Vec<String> 
         "client-token" => one(&i.client_token),
         "dns-name" => one(&i.public_dns_name),
         "hypervisor" => one(&i.hypervisor),
+        "iam-instance-profile.arn" => i
+            .iam_instance_profile
+            .as_ref()
+            .and_then(|p| p.arn.clone())
+            .into_iter()
+            .collect(),
         "image-id" => one(&i.image_id),
         "instance-id" => one(&i.instance_id),
         "instance-lifecycle" => one(&i.instance_lifecycle),

@@ -2,6 +2,8 @@
 
 pub mod addresses;
 pub mod common;
+pub mod iam;
+pub mod iam_instance_profiles;
 pub mod images;
 pub mod instance_metadata;
 pub mod instance_types;
@@ -313,6 +315,18 @@ fn dispatch(call: Call<'_>) -> Result<String, ApiError> {
         "ReleaseAddress" => call.run(addresses::release_address),
         "DescribeAddresses" => call.run(addresses::describe_addresses),
         "DescribeNetworkInterfaces" => call.run(network_interfaces::describe_network_interfaces),
+        "AssociateIamInstanceProfile" => {
+            call.run(iam_instance_profiles::associate_iam_instance_profile)
+        }
+        "DescribeIamInstanceProfileAssociations" => {
+            call.run(iam_instance_profiles::describe_iam_instance_profile_associations)
+        }
+        "DisassociateIamInstanceProfile" => {
+            call.run(iam_instance_profiles::disassociate_iam_instance_profile)
+        }
+        "ReplaceIamInstanceProfileAssociation" => {
+            call.run(iam_instance_profiles::replace_iam_instance_profile_association)
+        }
         "DescribeImages" => call.run(images::describe_images),
         "DescribeImageAttribute" => call.run(images::describe_image_attribute),
         "ModifyImageAttribute" => call.run(images::modify_image_attribute),

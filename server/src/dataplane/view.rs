@@ -5,7 +5,7 @@ use base64::Engine as _;
 
 use super::Owner;
 use crate::api::instances::{self, InstanceRecord};
-use crate::api::{subnets, vpcs};
+use crate::api::{iam_instance_profiles, subnets, vpcs};
 use crate::error::ApiError;
 use crate::imds::{HttpTokens, InstanceView, MetadataOptions, Switch};
 use crate::model::{KeyPairInfo, Subnet};
@@ -45,7 +45,9 @@ pub(super) fn instance_view(
             .into_iter()
             .filter_map(|t| Some((t.key?, t.value.unwrap_or_default())))
             .collect();
-        Ok(Some(build(owner, &rec, subnet, vpc, public_keys, tags)))
+        let mut view = build(owner, &rec, subnet, vpc, public_keys, tags);
+        view.iam = iam_instance_profiles::instance_role_credentials_in(tx, &owner.instance_id)?;
+        Ok(Some(view))
     })
 }
 
@@ -176,10 +178,68 @@ fn build(
             .as_ref()
             .map(|t| t.0)
             .unwrap_or_else(chrono::Utc::now),
+        // Filled by `instance_view`, in the same transaction.
         iam: None,
         identity_credentials: None,
         spot_action: None,
         rebalance_notice: None,
         options,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+    use crate::api::iam_instance_profiles::tests::{ACCOUNT, INSTANCE, seed};
+    use crate::imds::{Imds, Request};
+
+    #[test]
+    fn the_view_carries_the_instance_role_credentials() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db.sqlite")).unwrap();
+        seed(&store, true);
+        // From JSON, so fields other families add (with serde defaults) need no change here.
+        let rec: InstanceRecord = serde_json::from_value(serde_json::json!({
+            "instance": {"InstanceId": INSTANCE},
+            "reservation_id": "r-0123456789abcdef0",
+            "user_data": null,
+            "shutdown_behavior": "stop",
+            "disable_api_termination": false,
+            "disable_api_stop": false,
+            "smbios_uuid": "",
+            "vcpus": 1,
+            "memory_mib": 512,
+            "terminated_at": null,
+        }))
+        .unwrap();
+        store
+            .transaction(ACCOUNT, "eu-west-1", |tx| {
+                tx.insert(instances::KIND, INSTANCE, &rec)
+            })
+            .unwrap();
+        let owner = Owner {
+            account: ACCOUNT.into(),
+            region: "eu-west-1".into(),
+            instance_id: INSTANCE.into(),
+        };
+        let view = instance_view(&store, &owner).unwrap().unwrap();
+        let iam = view.iam.clone().expect("role credentials in the view");
+        assert_eq!(iam.role_name, "Web");
+        // What the guest reads from its metadata service.
+        let req = Request {
+            method: "GET".into(),
+            path: "/latest/meta-data/iam/security-credentials/Web".into(),
+            headers: Vec::new(),
+        };
+        let resp = Imds::new().handle(&view, &req, Instant::now());
+        assert_eq!(resp.status, 200);
+        let doc: serde_json::Value = serde_json::from_slice(&resp.body).unwrap();
+        assert_eq!(doc["AccessKeyId"], iam.credentials.access_key_id.as_str());
+        assert_eq!(doc["Token"], iam.credentials.token.as_str());
+        // The next request is served the same set.
+        let again = instance_view(&store, &owner).unwrap().unwrap();
+        assert_eq!(again.iam, Some(iam));
     }
 }

@@ -1,4 +1,5 @@
-//! HTTP: the EC2 endpoint, and admin endpoints under `/_ec2d/`.
+//! HTTP: the EC2 endpoint (which also answers IAM, chosen by the SigV4 credential scope's
+//! service), and admin endpoints under `/_ec2d/`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -14,6 +15,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use crate::api::Api;
+use crate::api::iam;
+use crate::api::iam::credentials::StoreSessionKeys;
 use crate::auth::{self, Keyring, RequestParts};
 use crate::error::ApiError;
 use crate::protocol::query::QueryNode;
@@ -40,12 +43,19 @@ fn reply(status: u16, content_type: &str, body: String) -> Response<Body> {
     resp
 }
 
-fn error_reply(e: &ApiError, request_id: &str) -> Response<Body> {
-    reply(
-        e.status,
-        "text/xml;charset=UTF-8",
-        xml::error(&e.code, &e.message, request_id),
-    )
+/// The service a request is for, which decides the shape of its error document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Service {
+    Ec2,
+    Iam,
+}
+
+fn error_reply(e: &ApiError, request_id: &str, service: Service) -> Response<Body> {
+    let body = match service {
+        Service::Ec2 => xml::error(&e.code, &e.message, request_id),
+        Service::Iam => iam::error_body(e, request_id),
+    };
+    reply(e.status, "text/xml;charset=UTF-8", body)
 }
 
 /// Serves until `shutdown` resolves.
@@ -98,7 +108,7 @@ async fn handle(server: Arc<Server>, _peer: SocketAddr, req: Request<Incoming>) 
         Err(_) => {
             let e = ApiError::new("RequestEntityTooLarge", "The request body is too large.")
                 .with_status(413);
-            return error_reply(&e, &request_id);
+            return error_reply(&e, &request_id, Service::Ec2);
         }
     };
     let path_and_query = parts
@@ -106,7 +116,7 @@ async fn handle(server: Arc<Server>, _peer: SocketAddr, req: Request<Incoming>) 
         .path_and_query()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "/".to_string());
-    let outcome = ec2_request(
+    let outcome = api_request(
         &server,
         &parts.method,
         &parts.headers,
@@ -118,7 +128,9 @@ async fn handle(server: Arc<Server>, _peer: SocketAddr, req: Request<Incoming>) 
         Ok((body, action, account)) => {
             (reply(200, "text/xml;charset=UTF-8", body), action, account)
         }
-        Err((e, action, account)) => (error_reply(&e, &request_id), action, account),
+        Err((e, action, account, service)) => {
+            (error_reply(&e, &request_id, service), action, account)
+        }
     };
     tracing::info!(
         action = %action,
@@ -131,9 +143,10 @@ async fn handle(server: Arc<Server>, _peer: SocketAddr, req: Request<Incoming>) 
     resp
 }
 
-type Outcome = Result<(String, String, String), (ApiError, String, String)>;
+/// (body, action, account) or (error, action, account, whose envelope).
+type Outcome = Result<(String, String, String), (ApiError, String, String, Service)>;
 
-fn ec2_request(
+fn api_request(
     server: &Server,
     method: &Method,
     headers: &http::HeaderMap,
@@ -159,11 +172,30 @@ fn ec2_request(
         headers,
         body,
     };
-    let caller = match auth::verify(&server.keys, &req, SystemTime::now()) {
+    let sessions = StoreSessionKeys(&server.api.store);
+    let caller = match auth::verify_with(&server.keys, &sessions, &req, SystemTime::now()) {
         Ok(c) => c,
-        Err(e) => return Err((e, action, "-".into())),
+        Err(e) => {
+            // A request that fails authentication is still answered in its service's words.
+            return Err(match auth::scope_service(&req).as_deref() {
+                Some("iam") => (iam::auth_error(e), action, "-".into(), Service::Iam),
+                _ => (e.into(), action, "-".into(), Service::Ec2),
+            });
+        }
     };
-    let fail = |e: ApiError| Err((e, action.clone(), caller.account.clone()));
+    if caller.service == "iam" {
+        return iam::handle(
+            &server.api,
+            &caller.account,
+            &action,
+            version.as_deref(),
+            params,
+            request_id,
+        )
+        .map(|body| (body, action.clone(), caller.account.clone()))
+        .map_err(|e| (e, action.clone(), caller.account.clone(), Service::Iam));
+    }
+    let fail = |e: ApiError| Err((e, action.clone(), caller.account.clone(), Service::Ec2));
     if caller.service != "ec2" {
         return fail(ApiError::auth(
             "AuthFailure",

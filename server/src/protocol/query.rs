@@ -13,6 +13,10 @@ pub enum DecodeError {
     MissingParameter(String),
     #[error("{0}")]
     InvalidParameterValue(String),
+    /// A length or bound the model states, broken; query-protocol services (IAM) answer
+    /// these as `ValidationError` with this wording.
+    #[error("{0}")]
+    ValidationError(String),
 }
 
 /// One level of the parameter tree. `Filter.1.Value.2=x` becomes
@@ -72,6 +76,38 @@ impl QueryNode {
     /// A member the model marks required.
     pub fn required<T: FromQuery>(&mut self, path: &str, key: &str) -> Result<T, DecodeError> {
         self.member(path, key)?
+            .ok_or_else(|| DecodeError::MissingParameter(join(path, key)))
+    }
+
+    /// A list in the query protocol's wrapped form, `Key.member.N` (`item` is the model's
+    /// name for the items, `member` unless it says otherwise).
+    pub fn wrapped_list<T: FromQuery>(
+        &mut self,
+        path: &str,
+        key: &str,
+        item: &str,
+    ) -> Result<Option<Vec<T>>, DecodeError> {
+        let Some(mut node) = self.children.remove(key) else {
+            return Ok(None);
+        };
+        let here = join(path, key);
+        // `Key=` with no items is how botocore sends an empty list.
+        if node.value.as_deref() == Some("") && node.children.is_empty() {
+            return Ok(Some(Vec::new()));
+        }
+        let items = node.children.remove(item).unwrap_or_default();
+        node.finish(&here)?;
+        Vec::<T>::from_query(items, &join(&here, item)).map(Some)
+    }
+
+    /// A wrapped list the model marks required.
+    pub fn required_wrapped_list<T: FromQuery>(
+        &mut self,
+        path: &str,
+        key: &str,
+        item: &str,
+    ) -> Result<Vec<T>, DecodeError> {
+        self.wrapped_list(path, key, item)?
             .ok_or_else(|| DecodeError::MissingParameter(join(path, key)))
     }
 
@@ -274,6 +310,119 @@ pub fn check_range(
     Ok(())
 }
 
+/// A member's path as query services name it in validation messages: `Tags.member.1.Key`
+/// becomes `tags.member.1.key`.
+pub fn member_path(path: &str, key: &str) -> String {
+    join(path, key)
+        .split('.')
+        .map(|seg| {
+            let mut c = seg.chars();
+            match c.next() {
+                Some(f) => f.to_lowercase().chain(c).collect(),
+                None => String::new(),
+            }
+        })
+        .collect::<Vec<String>>()
+        .join(".")
+}
+
+fn validation(value: &str, path: &str, key: &str, constraint: &str) -> DecodeError {
+    DecodeError::ValidationError(format!(
+        "1 validation error detected: Value {value} at '{}' failed to satisfy constraint: \
+         Member must {constraint}",
+        member_path(path, key)
+    ))
+}
+
+/// Query protocol: a string's length (in characters) within the model's bounds.
+pub fn check_length(
+    path: &str,
+    key: &str,
+    value: Option<&str>,
+    min: Option<i64>,
+    max: Option<i64>,
+) -> Result<(), DecodeError> {
+    let Some(v) = value else { return Ok(()) };
+    let n = v.chars().count() as i64;
+    let quoted = format!("'{v}'");
+    if let Some(m) = min.filter(|m| n < *m) {
+        return Err(validation(
+            &quoted,
+            path,
+            key,
+            &format!("have length greater than or equal to {m}"),
+        ));
+    }
+    if let Some(m) = max.filter(|m| n > *m) {
+        return Err(validation(
+            &quoted,
+            path,
+            key,
+            &format!("have length less than or equal to {m}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Query protocol: a list's item count within the model's bounds.
+pub fn check_count(
+    path: &str,
+    key: &str,
+    len: Option<usize>,
+    min: Option<i64>,
+    max: Option<i64>,
+) -> Result<(), DecodeError> {
+    let Some(n) = len else { return Ok(()) };
+    let n = n as i64;
+    let desc = format!("with {n} items");
+    if let Some(m) = min.filter(|m| n < *m) {
+        return Err(validation(
+            &desc,
+            path,
+            key,
+            &format!("have length greater than or equal to {m}"),
+        ));
+    }
+    if let Some(m) = max.filter(|m| n > *m) {
+        return Err(validation(
+            &desc,
+            path,
+            key,
+            &format!("have length less than or equal to {m}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Query protocol: a number within the model's bounds.
+pub fn check_bounds(
+    path: &str,
+    key: &str,
+    value: Option<i64>,
+    min: Option<i64>,
+    max: Option<i64>,
+) -> Result<(), DecodeError> {
+    let Some(v) = value else { return Ok(()) };
+    let quoted = format!("'{v}'");
+    if let Some(m) = min.filter(|m| v < *m) {
+        return Err(validation(
+            &quoted,
+            path,
+            key,
+            &format!("have value greater than or equal to {m}"),
+        ));
+    }
+    if let Some(m) = max.filter(|m| v > *m) {
+        return Err(validation(
+            &quoted,
+            path,
+            key,
+            &format!("have value less than or equal to {m}"),
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -288,6 +437,37 @@ mod tests {
         let mut node = QueryNode::from_pairs([("L.x", "b")]);
         let err = node.member::<Vec<String>>("", "L").unwrap_err();
         assert_eq!(err, DecodeError::UnknownParameter("L.x".into()));
+    }
+
+    #[test]
+    fn wrapped_lists_take_member_items() {
+        let mut node = QueryNode::from_pairs([("T.member.2", "b"), ("T.member.1", "a"), ("E", "")]);
+        let v: Option<Vec<String>> = node.wrapped_list("", "T", "member").unwrap();
+        assert_eq!(v.unwrap(), vec!["a", "b"]);
+        let e: Option<Vec<String>> = node.wrapped_list("", "E", "member").unwrap();
+        assert_eq!(e.unwrap(), Vec::<String>::new());
+        let none: Option<Vec<String>> = node.wrapped_list("", "X", "member").unwrap();
+        assert!(none.is_none());
+
+        // The EC2 form is not the query form.
+        let mut node = QueryNode::from_pairs([("T.1", "a")]);
+        let err = node.wrapped_list::<String>("", "T", "member").unwrap_err();
+        assert_eq!(err, DecodeError::UnknownParameter("T.1".into()));
+    }
+
+    #[test]
+    fn query_constraints_are_worded_as_validation_errors() {
+        let e = check_length("", "RoleName", Some(&"x".repeat(65)), Some(1), Some(64)).unwrap_err();
+        assert!(
+            matches!(&e, DecodeError::ValidationError(m)
+            if m.contains("at 'roleName' failed to satisfy constraint: Member must have length less than or equal to 64")),
+            "{e}"
+        );
+        assert!(check_length("", "RoleName", Some("ok"), Some(1), Some(64)).is_ok());
+        let e = check_bounds("", "MaxItems", Some(0), Some(1), Some(1000)).unwrap_err();
+        assert!(e.to_string().contains("Value '0' at 'maxItems'"), "{e}");
+        assert!(check_count("", "Tags", Some(51), None, Some(50)).is_err());
+        assert_eq!(member_path("Tags.member.1", "Key"), "tags.member.1.key");
     }
 
     #[test]

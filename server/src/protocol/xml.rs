@@ -233,6 +233,65 @@ pub fn error(code: &str, message: &str, request_id: &str) -> String {
     w.into_string()
 }
 
+/// A query-protocol (IAM) response: `<{Action}Response xmlns=…>`, the output's members in
+/// `<{wrapper}>` when the model names one, then `<ResponseMetadata><RequestId>`.
+pub fn query_response<T: ToXml>(
+    namespace: &str,
+    action: &str,
+    result_wrapper: Option<&str>,
+    request_id: &str,
+    output: &T,
+) -> String {
+    let mut w = XmlWriter::new();
+    w.raw("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<");
+    w.raw(action);
+    w.raw("Response xmlns=\"");
+    w.text(namespace);
+    w.raw("\">");
+    if let Some(wrapper) = result_wrapper {
+        output.write_element(&mut w, wrapper);
+    }
+    w.open("ResponseMetadata");
+    w.open("RequestId");
+    w.text(request_id);
+    w.close("RequestId");
+    w.close("ResponseMetadata");
+    w.raw("</");
+    w.raw(action);
+    w.raw("Response>");
+    w.into_string()
+}
+
+/// The query-protocol error envelope: `<ErrorResponse xmlns=…><Error><Type>Sender|Receiver`…
+pub fn query_error(
+    namespace: &str,
+    sender_fault: bool,
+    code: &str,
+    message: &str,
+    request_id: &str,
+) -> String {
+    let mut w = XmlWriter::new();
+    w.raw("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<ErrorResponse xmlns=\"");
+    w.text(namespace);
+    w.raw("\">");
+    w.open("Error");
+    w.open("Type");
+    w.raw(if sender_fault { "Sender" } else { "Receiver" });
+    w.close("Type");
+    w.open("Code");
+    w.text(code);
+    w.close("Code");
+    w.open("Message");
+    w.text(message);
+    w.close("Message");
+    w.close("Error");
+    w.open("RequestId");
+    w.text(request_id);
+    w.close("RequestId");
+    w.raw("</ErrorResponse>");
+    w.into_string()
+}
+
 /// Operations whose model has no output shape answer with just the request id.
 impl ToXml for () {
     fn write_members(&self, _w: &mut XmlWriter) {}

@@ -50,6 +50,12 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE resources (
         PRIMARY KEY (account, region)
     );"];
 
+/// The region value of an account's global scope. IAM (roles, instance profiles and the
+/// credentials issued for them) is global to an account rather than regional, so its records
+/// live under this value, which no real region has; EC2 handlers reach it through the `*_in`
+/// accessors of their own transaction.
+pub const GLOBAL: &str = "global";
+
 pub struct Store {
     conn: Mutex<Inner>,
 }
@@ -227,7 +233,11 @@ pub struct Tx<'c> {
 
 impl Tx<'_> {
     fn cache_key(&self, kind: &str) -> String {
-        format!("{}\0{}\0{kind}", self.account, self.region)
+        self.cache_key_in(&self.region, kind)
+    }
+
+    fn cache_key_in(&self, region: &str, kind: &str) -> String {
+        format!("{}\0{region}\0{kind}", self.account)
     }
 
     fn cached<T: Clone + 'static>(&self, kind: &str) -> Option<T> {
@@ -250,22 +260,56 @@ impl Tx<'_> {
     }
 
     fn wrote(&self, kind: &str) {
+        self.wrote_in(&self.region, kind);
+    }
+
+    fn wrote_in(&self, region: &str, kind: &str) {
         self.dirty.set(true);
-        let key = self.cache_key(kind);
+        let key = self.cache_key_in(region, kind);
         self.cache.borrow_mut().entries.remove(&key);
     }
 
     pub fn get<T: DeserializeOwned>(&self, kind: &str, id: &str) -> Result<Option<T>, ApiError> {
+        self.get_in(&self.region, kind, id)
+    }
+
+    /// `get` in another region scope of the same account (in practice [`GLOBAL`]).
+    pub fn get_in<T: DeserializeOwned>(
+        &self,
+        region: &str,
+        kind: &str,
+        id: &str,
+    ) -> Result<Option<T>, ApiError> {
         let body: Option<String> = self
             .tx
             .query_row(
                 "SELECT body FROM resources WHERE account=?1 AND region=?2 AND kind=?3 AND id=?4",
-                params![self.account, self.region, kind, id],
+                params![self.account, region, kind, id],
                 |r| r.get(0),
             )
             .optional()?;
         body.map(|b| serde_json::from_str(&b).map_err(ApiError::from))
             .transpose()
+    }
+
+    /// Every resource of a kind in another region scope of the same account, oldest first.
+    /// Not cached: it serves the global scope, which is small and read by few calls.
+    pub fn list_in<T: DeserializeOwned>(
+        &self,
+        region: &str,
+        kind: &str,
+    ) -> Result<Vec<T>, ApiError> {
+        let mut stmt = self.tx.prepare_cached(
+            "SELECT body FROM resources WHERE account=?1 AND region=?2 AND kind=?3 ORDER BY seq",
+        )?;
+        let rows = stmt.query_map(params![self.account, region, kind], |r| {
+            r.get::<_, String>(0)
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(serde_json::from_str(&row?)?);
+        }
+        Ok(out)
     }
 
     pub fn exists(&self, kind: &str, id: &str) -> Result<bool, ApiError> {
@@ -332,36 +376,63 @@ impl Tx<'_> {
     }
 
     pub fn insert<T: Serialize>(&self, kind: &str, id: &str, value: &T) -> Result<(), ApiError> {
-        self.wrote(kind);
+        self.insert_in(&self.region, kind, id, value)
+    }
+
+    /// `insert` in another region scope of the same account (in practice [`GLOBAL`]).
+    pub fn insert_in<T: Serialize>(
+        &self,
+        region: &str,
+        kind: &str,
+        id: &str,
+        value: &T,
+    ) -> Result<(), ApiError> {
+        self.wrote_in(region, kind);
         let body = serde_json::to_string(value)?;
         self.tx.execute(
             "INSERT INTO resources (account, region, kind, id, seq, body)
              VALUES (?1, ?2, ?3, ?4, (SELECT COALESCE(MAX(seq), 0) + 1 FROM resources), ?5)",
-            params![self.account, self.region, kind, id, body],
+            params![self.account, region, kind, id, body],
         )?;
         Ok(())
     }
 
     pub fn update<T: Serialize>(&self, kind: &str, id: &str, value: &T) -> Result<(), ApiError> {
-        self.wrote(kind);
+        self.update_in(&self.region, kind, id, value)
+    }
+
+    /// `update` in another region scope of the same account (in practice [`GLOBAL`]).
+    pub fn update_in<T: Serialize>(
+        &self,
+        region: &str,
+        kind: &str,
+        id: &str,
+        value: &T,
+    ) -> Result<(), ApiError> {
+        self.wrote_in(region, kind);
         let body = serde_json::to_string(value)?;
         self.tx.execute(
             "UPDATE resources SET body=?5 WHERE account=?1 AND region=?2 AND kind=?3 AND id=?4",
-            params![self.account, self.region, kind, id, body],
+            params![self.account, region, kind, id, body],
         )?;
         Ok(())
     }
 
     pub fn delete(&self, kind: &str, id: &str) -> Result<(), ApiError> {
-        self.wrote(kind);
-        self.wrote(TAGS);
+        self.delete_in(&self.region, kind, id)
+    }
+
+    /// `delete` in another region scope of the same account (in practice [`GLOBAL`]).
+    pub fn delete_in(&self, region: &str, kind: &str, id: &str) -> Result<(), ApiError> {
+        self.wrote_in(region, kind);
+        self.wrote_in(region, TAGS);
         self.tx.execute(
             "DELETE FROM resources WHERE account=?1 AND region=?2 AND kind=?3 AND id=?4",
-            params![self.account, self.region, kind, id],
+            params![self.account, region, kind, id],
         )?;
         self.tx.execute(
             "DELETE FROM tags WHERE account=?1 AND region=?2 AND resource_id=?3",
-            params![self.account, self.region, id],
+            params![self.account, region, id],
         )?;
         Ok(())
     }
