@@ -164,13 +164,13 @@ impl DataPlane {
             return Ok(()); // already running
         }
         let next_bridge = Arc::new(AtomicU64::new(1));
-        let listeners = public::Listeners::new(runtime.clone(), tx.clone(), Arc::clone(&next_bridge));
+        let listeners =
+            public::Listeners::new(runtime.clone(), tx.clone(), Arc::clone(&next_bridge));
         // A wildcard listener is reached on loopback.
         let api = match api.ip() {
-            ip if ip.is_unspecified() => std::net::SocketAddr::new(
-                std::net::Ipv4Addr::LOCALHOST.into(),
-                api.port(),
-            ),
+            ip if ip.is_unspecified() => {
+                std::net::SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), api.port())
+            }
             _ => api,
         };
         let bridges = public::Bridges::new(Some(public::ApiTarget {
