@@ -6,7 +6,6 @@ Guests are the tiny AMI. Commands run inside them over SSH (dropbear, as ec2-use
 public address on the loopback pool, so every check here crosses the real data path: host
 socket -> ec2d's listener -> gateway -> VPC fabric (security groups) -> tap -> guest. Each test
 fails if the behaviour it names regresses."""
-import base64
 import json
 import os
 import shutil
@@ -97,8 +96,8 @@ def describe(c, iid):
 
 
 def console(c, iid):
-    out = c.get_console_output(InstanceId=iid, Latest=True).get("Output", "")
-    return base64.b64decode(out).decode(errors="replace") if out else ""
+    # botocore decodes the base64 Output itself.
+    return c.get_console_output(InstanceId=iid, Latest=True).get("Output", "")
 
 
 def wait_console(c, iid, text, timeout=60):
