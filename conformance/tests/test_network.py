@@ -339,3 +339,55 @@ def test_ssh_follows_an_elastic_ip(c, web, tiny, key, default_vpc):
         time.sleep(1)
     assert seen == b["PrivateDnsName"].split(".")[0], seen
     c.terminate_instances(InstanceIds=[b["InstanceId"]])
+
+
+def signed_request(creds, body, host="169.254.169.250"):
+    """A raw HTTP/1.0 EC2 request signed with `creds` (SigV4, with the session token)."""
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    req = AWSRequest(method="POST", url=f"http://{host}/", data=body,
+                     headers={"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"})
+    SigV4Auth(Credentials(creds["AccessKeyId"], creds["SecretAccessKey"], creds["Token"]),
+              "ec2", "us-east-1").add_auth(req)
+    lines = [f"POST / HTTP/1.0", f"Host: {host}", f"Content-Length: {len(body)}"]
+    lines += [f"{k}: {v}" for k, v in req.headers.items() if k.lower() != "host"]
+    return "\r\n".join(lines) + "\r\n\r\n" + body
+
+
+def test_guest_calls_ec2d_with_its_instance_profile(server, c, tiny, key, default_vpc):
+    """The guest reads its role's keys from IMDS and calls ec2d's API at 169.254.169.250 with
+    them. (The HMAC is computed on the host, as busybox has no HMAC tool; the keys come from
+    inside the guest and the request travels from the guest to the API endpoint.)"""
+    iam = harness.iam_client(server.url)
+    trust = json.dumps({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {
+        "Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}]})
+    iam.create_role(RoleName="net-app", AssumeRolePolicyDocument=trust)
+    iam.create_instance_profile(InstanceProfileName="net-app")
+    iam.add_role_to_instance_profile(InstanceProfileName="net-app", RoleName="net-app")
+    sg = group(c, default_vpc, "net-iam", ports=(22,))
+    inst = launch(c, tiny, "net-test", [sg], IamInstanceProfile={"Name": "net-app"})
+    ip, iid = inst["PublicIpAddress"], inst["InstanceId"]
+    wait_ssh(ip, key)
+    assert ssh(ip, key, "imds get meta-data/iam/security-credentials/").stdout.strip() == "net-app"
+    creds = json.loads(ssh(ip, key, "imds get meta-data/iam/security-credentials/net-app").stdout)
+    assert creds["Code"] == "Success" and creds["AccessKeyId"].startswith("ASIA"), creds
+    body = f"Action=DescribeInstances&Version=2016-11-15&InstanceId.1={iid}"
+
+    def from_guest(raw):
+        path = server.tmp / "req.http"
+        path.write_text(raw)
+        r = subprocess.run(
+            ["ssh", "-i", key, "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+             "-o", "BatchMode=yes", "-o", "LogLevel=ERROR", f"{SSH_USER}@{ip}", "nc -w 5 169.254.169.250 80"],
+            input=raw, capture_output=True, text=True, timeout=30)
+        return r.stdout
+
+    answer = from_guest(signed_request(creds, body))
+    assert answer.splitlines()[0].endswith(" 200 OK"), answer[:500]
+    assert f"<instanceId>{iid}</instanceId>" in answer, answer[:2000]
+    forged = dict(creds, Token=creds["Token"][:-4] + "AAAA")
+    answer = from_guest(signed_request(forged, body))
+    assert "AuthFailure" in answer, answer[:500]
+    c.terminate_instances(InstanceIds=[iid])

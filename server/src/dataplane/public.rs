@@ -339,7 +339,9 @@ async fn carry(
 struct Bridge {
     vpc_id: String,
     conn: ConnId,
-    to_host: mpsc::Sender<Vec<u8>>,
+    /// `None` once the instance has finished sending (its FIN, or a reset): dropping the
+    /// sender ends the host's write side, while the host may still be sending.
+    to_host: Option<mpsc::Sender<Vec<u8>>>,
     credits: Arc<Semaphore>,
     /// Host bytes the gateway has not taken yet.
     pending: Vec<u8>,
@@ -406,7 +408,7 @@ impl Bridges {
                     Bridge {
                         vpc_id: vpc_id.clone(),
                         conn,
-                        to_host,
+                        to_host: Some(to_host),
                         credits,
                         pending: Vec::new(),
                         host_eof: false,
@@ -435,7 +437,7 @@ impl Bridges {
                     Bridge {
                         vpc_id,
                         conn,
-                        to_host,
+                        to_host: Some(to_host),
                         credits,
                         pending: Vec::new(),
                         host_eof: false,
@@ -461,7 +463,12 @@ impl Bridges {
         }
     }
 
+    /// The host's socket is gone. After a clean end (EOF first) the bridge still has to hand
+    /// over what it holds and close; otherwise the connection is reset.
     pub fn host_gone(&mut self, id: u64) {
+        if self.bridges.get(&id).is_some_and(|b| b.host_eof) {
+            return;
+        }
         if let Some(b) = self.bridges.remove(&id)
             && let Some(g) = self.gateways.get_mut(&b.vpc_id)
         {
@@ -490,6 +497,12 @@ impl Bridges {
             if !b.pending.is_empty() {
                 match g.send(b.conn, &b.pending) {
                     Ok(n) => {
+                        tracing::trace!(
+                            bridge = id,
+                            sent = n,
+                            left = b.pending.len() - n,
+                            "to the VPC"
+                        );
                         b.pending.drain(..n);
                         b.credits.add_permits(n);
                     }
@@ -509,21 +522,27 @@ impl Bridges {
                 finished.push(*id);
                 continue;
             }
-            loop {
-                let Ok(permit) = b.to_host.try_reserve() else {
-                    if !b.to_host.is_closed() {
+            while let Some(to_host) = &b.to_host {
+                let Ok(permit) = to_host.try_reserve() else {
+                    if !to_host.is_closed() {
                         self.backlogged = true;
                     }
                     break;
                 };
-                match g.recv(b.conn, &mut buf) {
+                let state = g.recv(b.conn, &mut buf);
+                match state {
                     RecvState::Data(n) => permit.send(buf[..n].to_vec()),
                     RecvState::Pending => break,
                     RecvState::Closed => {
-                        finished.push(*id);
-                        break;
+                        drop(permit);
+                        // A half-close: the host's side may still have things to say.
+                        b.to_host = None;
                     }
                 }
+            }
+            // Both directions are done; the gateway finishes the TCP close on its own.
+            if b.to_host.is_none() && b.fin_sent {
+                finished.push(*id);
             }
         }
         for id in finished {
@@ -533,7 +552,13 @@ impl Bridges {
         let mut out = Vec::new();
         for (vpc_id, g) in &mut self.gateways {
             for frame in g.poll(now) {
-                out.extend(fabric.uplink_ingress(vpc_id, &frame, now));
+                let delivered = fabric.uplink_ingress(vpc_id, &frame, now);
+                tracing::trace!(
+                    len = frame.len(),
+                    delivered = delivered.len(),
+                    "gateway frame"
+                );
+                out.extend(delivered);
             }
         }
         self.gateways

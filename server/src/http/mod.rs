@@ -86,6 +86,9 @@ pub async fn serve(
             });
             if let Err(e) = hyper::server::conn::http1::Builder::new()
                 .keep_alive(true)
+                // A client that shuts its sending side after the request (nc, some scripts)
+                // still gets its answer.
+                .half_close(true)
                 .serve_connection(TokioIo::new(stream), svc)
                 .await
             {
