@@ -72,8 +72,9 @@ def free_port():
 
 
 class Ec2d:
-    def __init__(self, data_dir=None, port=None, credentials=(), binary=None, log_path=None):
+    def __init__(self, data_dir=None, port=None, credentials=(), binary=None, log_path=None, extra_args=()):
         self.binary = binary or find_binary()
+        self.extra_args = list(extra_args)
         self._own_dir = data_dir is None
         self.data_dir = data_dir or tempfile.mkdtemp(prefix="ec2d-conf-")
         self.port = port or free_port()
@@ -89,6 +90,7 @@ class Ec2d:
         args = [self.binary, "serve", "--listen", f"127.0.0.1:{self.port}", "--data-dir", self.data_dir]
         for c in self.credentials:
             args += ["--credentials", c]
+        args += self.extra_args
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.time() + timeout

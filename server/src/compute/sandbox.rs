@@ -109,18 +109,31 @@ case "$(readlink "$R/sbin/init" 2>/dev/null)" in */systemd) F=systemd ;; *) F=ti
 if [ "$F" != "$EC2D_FLAVOUR" ]; then printf '\036ec2d-sandbox-flavour %s\n' "$F"; exit 0; fi
 for d in proc sys dev; do [ -d "$R/$d" ] || mkdir -p "$R/$d"; done
 mount -t proc -o nosuid,nodev,noexec proc "$R/proc"
-# Read-only: the guest is real root, and sysfs writes would reach host devices.
-mount -t sysfs -o ro,nosuid,nodev,noexec sysfs "$R/sys"
-
-# Identity as a microVM's SMBIOS would present it. The host has no /sys/class/dmi at
-# all, and sysfs takes no new files, so a read-only overlay adds dmi/id (written by ec2d
-# into $EC2D_IDENTITY) to /sys/class.
-mount -t overlay -o "lowerdir=$EC2D_IDENTITY:$R/sys/class" ec2d-identity "$R/sys/class"
 
 # A minimal /dev: a devtmpfs would hand the guest every host disk. The nodes and links
 # come from a template made once per engine (one cp instead of a dozen mknod/ln forks).
 D=$R/dev
 mount -t tmpfs -o nosuid,noexec,mode=755,size=64k ec2d-dev "$D"
+
+# /sys, read-only: the guest is real root, and sysfs writes would reach host devices. It
+# carries the identity EC2 presents: class/dmi/id as a microVM's SMBIOS fills it, and
+# hypervisor/uuid as EC2's Xen instances have it (cloud-init reads no DMI in a container,
+# but takes an `ec2…` /sys/hypervisor/uuid as AWS). sysfs takes no new files, and the host
+# may have no /sys/hypervisor to mount on, so /sys is an overlay of $EC2D_IDENTITY (written
+# by ec2d) on the sysfs staged in /dev/.sysfs, with the real sysfs directories bound back
+# over it: sd-device (udevadm, networkd) refuses devices outside a sysfs filesystem.
+mkdir "$D/.sysfs"
+mount -t sysfs -o ro,nosuid,nodev,noexec sysfs "$D/.sysfs"
+mount -t overlay -o "lowerdir=$EC2D_IDENTITY:$D/.sysfs" ec2d-identity "$R/sys"
+for p in "$D/.sysfs"/*; do
+    n=${p##*/}
+    case "$n" in class | hypervisor) continue ;; esac
+    [ -d "$p" ] && [ ! -L "$p" ] || continue
+    mount -o bind,ro,nosuid,nodev,noexec "$p" "$R/sys/$n"
+done
+umount -l "$D/.sysfs"
+rmdir "$D/.sysfs"
+
 cp -a "$EC2D_DEV_TEMPLATE/." "$D/"
 mount -t devpts -o newinstance,ptmxmode=0666,mode=0620 devpts "$D/pts"
 mount -t tmpfs -o nosuid,nodev,mode=1777 shm "$D/shm"
@@ -470,6 +483,8 @@ impl Engine for SandboxEngine {
         let rootfs = state_dir.join("rootfs");
         let identity = state_dir.join("identity");
         fs::create_dir_all(&rootfs)?;
+        // Afresh: an older ec2d may have left another layout there.
+        let _ = fs::remove_dir_all(&identity);
         fs::create_dir_all(&identity)?;
         write_identity(&identity, &spec)?;
         let root_disk = fs::canonicalize(&spec.root_disk).map_err(|e| {
@@ -937,6 +952,13 @@ impl Inner {
             .stdin(Stdio::null())
             .stdout(writer)
             .stderr(writer2);
+        // The previous boot's pumps hold its tap open. A boot that ended before its setup
+        // moved the tap into the guest's namespace (a flavour switch) leaves the device here
+        // under the same name, and opening that name again while it is attached fails with
+        // EBUSY: stop the pumps (closing the old tap, which deletes it) first.
+        if let Some(old) = ctl.net.take() {
+            old.stop();
+        }
         // The primary ENI; further interfaces are not carried by this engine yet.
         let mut tap = None;
         if let (Some(nic), Some(_), Some(_)) =
@@ -950,9 +972,6 @@ impl Inner {
                     format!("/proc/{}/ns/net", std::process::id()),
                 );
             tap = Some((t, nic));
-        }
-        if let Some(old) = ctl.net.take() {
-            old.stop();
         }
         let child = cmd.spawn()?;
         // The Command holds our copies of the pipe's write end; EOF needs them closed.
@@ -1485,12 +1504,18 @@ fn teardown(tools: &Tools, record_path: &Path, record: &Record) {
     let _ = fs::remove_file(record_path);
 }
 
-/// The files the guest sees under /sys/class/dmi/id, as EC2's Nitro firmware fills them
-/// (cloud-init's ds-identify looks at product_uuid, product_serial and sys_vendor).
+/// The files the guest sees added to /sys: `class/dmi/id/*` as EC2's Nitro firmware fills
+/// them (cloud-init's ds-identify looks at product_uuid, product_serial and sys_vendor), and
+/// `hypervisor/uuid` as EC2's Xen instances have it. cloud-init's Python side ignores DMI in a
+/// container and would not know it is on AWS (so no IMDSv2 token, no Ec2Local) without the
+/// latter.
 fn write_identity(dir: &Path, spec: &MachineSpec) -> io::Result<()> {
-    let id_dir = dir.join("dmi/id");
+    let id_dir = dir.join("class/dmi/id");
     fs::create_dir_all(&id_dir)?;
     let uuid = format!("{}\n", spec.smbios_uuid);
+    let hypervisor = dir.join("hypervisor");
+    fs::create_dir_all(&hypervisor)?;
+    fs::write(hypervisor.join("uuid"), &uuid)?;
     fs::write(id_dir.join("product_uuid"), &uuid)?;
     fs::write(id_dir.join("product_serial"), &uuid)?;
     for f in [
@@ -1800,4 +1825,44 @@ fn has_cap_sys_admin() -> bool {
                 .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
         })
         .is_some_and(|caps| caps & (1 << CAP_SYS_ADMIN) != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// cloud-init (22.4, Debian 12) calls a guest AWS when `/sys/hypervisor/uuid` starts with
+    /// `ec2`, the only identity its Python side reads in a container; ds-identify reads DMI.
+    /// Both are laid out relative to /sys, which the overlay covers.
+    #[test]
+    fn identity_has_dmi_and_a_hypervisor_uuid() {
+        let tmp = tempfile::tempdir().unwrap();
+        let spec = MachineSpec {
+            instance_id: "i-0123456789abcdef0".into(),
+            vcpus: 1,
+            memory_mib: 256,
+            hostname: "ip-10-0-0-5".into(),
+            smbios_uuid: "ec2e1f2a-0000-4000-8000-000000000001".into(),
+            root_disk: PathBuf::from("/nonexistent"),
+            disks: Vec::new(),
+            kernel: None,
+            initrd: None,
+            cmdline: String::new(),
+            init_env: Vec::new(),
+            nics: Vec::new(),
+            state_dir: tmp.path().to_path_buf(),
+        };
+        write_identity(tmp.path(), &spec).unwrap();
+        let read = |p: &str| fs::read_to_string(tmp.path().join(p)).unwrap();
+        let uuid = "ec2e1f2a-0000-4000-8000-000000000001\n";
+        assert_eq!(read("hypervisor/uuid"), uuid);
+        assert_eq!(read("class/dmi/id/product_uuid"), uuid);
+        assert_eq!(read("class/dmi/id/product_serial"), uuid);
+        assert_eq!(read("class/dmi/id/sys_vendor"), "Amazon EC2\n");
+        assert_eq!(
+            read("class/dmi/id/board_asset_tag"),
+            "i-0123456789abcdef0\n"
+        );
+        assert!(!tmp.path().join("dmi").exists());
+    }
 }
