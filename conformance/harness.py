@@ -86,7 +86,23 @@ class Ec2d:
     def url(self):
         return f"http://127.0.0.1:{self.port}"
 
+    def link_cached_images(self):
+        """Links the tiny AMI built once by conformance/run (in $EC2D_IMAGE_CACHE) into this
+        server's data directory, so no test's first RunInstances waits for a build (ec2d still
+        checks the copy's recipe version and hash, and builds its own when they differ)."""
+        cache = os.path.join(os.environ.get("EC2D_IMAGE_CACHE", ""), "images")
+        if not os.environ.get("EC2D_IMAGE_CACHE") or not os.path.isdir(cache):
+            return
+        mine = os.path.join(self.data_dir, "images")
+        os.makedirs(mine, exist_ok=True)
+        for name in os.listdir(cache):
+            link = os.path.join(mine, name)
+            if name.startswith("tiny-") and not os.path.lexists(link):
+                os.symlink(os.path.join(cache, name), link)
+
     def start(self, timeout=30):
+        if os.path.isdir(self.data_dir):
+            self.link_cached_images()
         args = [self.binary, "serve", "--listen", f"127.0.0.1:{self.port}", "--data-dir", self.data_dir]
         for c in self.credentials:
             args += ["--credentials", c]
@@ -155,7 +171,7 @@ def client(endpoint, region="us-east-1", key=DEFAULT_KEY, secret=DEFAULT_SECRET,
     c = boto3.client(
         service, region_name=region, endpoint_url=endpoint, aws_access_key_id=key,
         aws_secret_access_key=secret, aws_session_token=token,
-        config=Config(retries={"max_attempts": 1, "mode": "standard"}, connect_timeout=5, read_timeout=30),
+        config=Config(retries={"max_attempts": 1, "mode": "standard"}, connect_timeout=5, read_timeout=120),
     )
     if check:
         strict.install(c, recorder)
