@@ -1,16 +1,32 @@
-//! The core instance lifecycle against a running ec2d, over the EC2 Query API with SigV4.
+//! The core instance lifecycle against a running ec2d, over the EC2 Query API with SigV4, and
+//! the instance's network.
 //!
 //!   lifecycle_smoke [--endpoint http://127.0.0.1:4566] [--key test] [--secret test]
 //!                   [--region us-east-1] [--instance-type t3.micro] [--timeout-scale N]
+//!                   [--no-network]
 //!
-//! DescribeImages (Owner amazon, name ec2d-tiny-x86_64) → RunInstances → running → console ready
-//! line with the instance id → StopInstances → stopped → StartInstances → running → console
-//! `ec2d-tiny: boot 2` (the root volume kept its data) → TerminateInstances → terminated.
-//! Each step is printed with its time; the last line is `SMOKE: PASS …` and the exit status 0, or
-//! `SMOKE: FAIL …` and 1. Timeouts are generous: under nested TCG an L2 boot takes ~7–14 s.
+//! DescribeImages (Owner amazon, name ec2d-tiny-x86_64) → CreateSecurityGroup +
+//! AuthorizeSecurityGroupIngress (tcp 80 from 0.0.0.0/0) → RunInstances (that group,
+//! `MetadataOptions.HttpTokens=required`, `#!` user data) → running → console ready line with the
+//! instance id → the network:
+//! - console `ec2d-tiny: eth0 <private ip>/<prefix> via <router>` (DHCP from the fabric),
+//! - console `ec2d-tiny: imds: instance <id> (IMDSv2)` (the AMI's hook, with a token),
+//! - the user data (over 9001 bytes, so IMDS sends it in jumbo frames) ran and printed its own
+//!   instance id and identity document, read with the AMI's `imds` helper (IMDSv2 only, as the
+//!   instance requires tokens), then started `busybox httpd -p 80 -h /www`,
+//! - `GET http://<public ip>/` (ec2d's listener → the VPC → the guest) returns
+//!   `hello from <id>`, and `/big.txt` (300,000 bytes) arrives intact,
+//! - RevokeSecurityGroupIngress → a new connection to the public IP is refused;
+//!
+//! → StopInstances → stopped → StartInstances → running → console `ec2d-tiny: boot 2` (the root
+//! volume kept its data), the same DHCP lease and `user data: already ran for <id>` →
+//! TerminateInstances → terminated. `--no-network` skips the group, the user data and the
+//! network checks (the lifecycle alone). Each step is printed with its time; the last line is
+//! `SMOKE: PASS …` and the exit status 0, or `SMOKE: FAIL …` and 1. Timeouts are generous: under
+//! nested TCG an L2 boot takes ~7–14 s.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -147,6 +163,8 @@ struct Smoke {
     c: Client,
     t0: Instant,
     scale: f64,
+    /// Also prove the network: DHCP, IMDSv2, user data, the public IP and a revoke.
+    network: bool,
 }
 
 impl Smoke {
@@ -224,13 +242,27 @@ impl Smoke {
         Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
 
-    /// Polls the console until every line in `want` appears (after the `after`-th occurrence of
-    /// `marker`, when given, so a second boot is told from the first).
-    fn wait_console(&self, id: &str, want: &[&str], secs: u64) -> Result<String, Fail> {
+    /// Polls the console until every line in `want` appears (after the last occurrence of
+    /// `after`, when given, so a second boot is told from the first). Returns the console text
+    /// (from that occurrence on).
+    fn wait_console(
+        &self,
+        id: &str,
+        after: Option<&str>,
+        want: &[&str],
+        secs: u64,
+    ) -> Result<String, Fail> {
         let since = Instant::now();
         let deadline = since + self.timeout(secs);
         loop {
-            let text = self.console(id)?;
+            let full = self.console(id)?;
+            let text = match after {
+                Some(m) => full
+                    .rfind(m)
+                    .map(|i| full[i..].to_string())
+                    .unwrap_or_default(),
+                None => full,
+            };
             if want.iter().all(|w| text.contains(w)) {
                 for w in want {
                     println!(
@@ -303,21 +335,45 @@ impl Smoke {
         })?;
         self.step(&format!("DescribeImages -> {ami}"), since);
 
+        let mut params: Vec<(&str, String)> = vec![
+            ("ImageId", ami.clone()),
+            ("InstanceType", instance_type.to_string()),
+            ("MinCount", "1".into()),
+            ("MaxCount", "1".into()),
+        ];
+        let mut sg = None;
+        if self.network {
+            let since = Instant::now();
+            let name = format!("smoke-web-{}", std::process::id());
+            let r = self.c.call(
+                "CreateSecurityGroup",
+                &[
+                    ("GroupName", &name),
+                    ("GroupDescription", "lifecycle_smoke: tcp 80 from anywhere"),
+                ],
+                self.timeout(60),
+            )?;
+            let gid = tag(&r, "groupId").ok_or("CreateSecurityGroup: no groupId")?;
+            self.port_80(&gid, "AuthorizeSecurityGroupIngress")?;
+            self.step(
+                &format!("CreateSecurityGroup {gid} + AuthorizeSecurityGroupIngress tcp 80 from 0.0.0.0/0"),
+                since,
+            );
+            params.push(("SecurityGroupId.1", gid.clone()));
+            params.push(("MetadataOptions.HttpTokens", "required".into()));
+            params.push((
+                "UserData",
+                base64::engine::general_purpose::STANDARD.encode(user_data()),
+            ));
+            sg = Some(gid);
+        }
         let since = Instant::now();
-        let r = self.c.call(
-            "RunInstances",
-            &[
-                ("ImageId", &ami),
-                ("InstanceType", instance_type),
-                ("MinCount", "1"),
-                ("MaxCount", "1"),
-            ],
-            self.timeout(600),
-        )?;
+        let borrowed: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let r = self.c.call("RunInstances", &borrowed, self.timeout(600))?;
         let id = tag(&r, "instanceId").ok_or("RunInstances: no instanceId in the answer")?;
         self.step(&format!("RunInstances {instance_type} -> {id}"), since);
 
-        let result = self.lifecycle(&id);
+        let result = self.lifecycle(&id, sg.as_deref());
         if result.is_err() {
             // Leave nothing running behind a failure.
             let _ = self.c.call(
@@ -329,10 +385,44 @@ impl Smoke {
         result
     }
 
-    fn lifecycle(&self, id: &str) -> Result<(), Fail> {
+    /// Authorizes or revokes tcp 80 from 0.0.0.0/0 on group `gid`.
+    fn port_80(&self, gid: &str, action: &str) -> Result<(), Fail> {
+        self.c.call(
+            action,
+            &[
+                ("GroupId", gid),
+                ("IpPermissions.1.IpProtocol", "tcp"),
+                ("IpPermissions.1.FromPort", "80"),
+                ("IpPermissions.1.ToPort", "80"),
+                ("IpPermissions.1.IpRanges.1.CidrIp", "0.0.0.0/0"),
+            ],
+            self.timeout(60),
+        )?;
+        Ok(())
+    }
+
+    /// The instance's private and public IPv4 addresses from DescribeInstances.
+    fn addresses(&self, id: &str) -> Result<(String, Option<String>), Fail> {
+        let r = self.c.call(
+            "DescribeInstances",
+            &[("InstanceId.1", id)],
+            self.timeout(60),
+        )?;
+        let private = tag(&r, "privateIpAddress")
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| format!("DescribeInstances: {id} has no privateIpAddress"))?;
+        Ok((private, tag(&r, "ipAddress").filter(|s| !s.is_empty())))
+    }
+
+    fn lifecycle(&self, id: &str, sg: Option<&str>) -> Result<(), Fail> {
         self.wait_state(id, "running", 120)?;
         let ready = format!("ec2d-tiny: instance {id} ready");
-        self.wait_console(id, &["ec2d-tiny: boot 1", &ready], 180)?;
+        self.wait_console(id, None, &["ec2d-tiny: boot 1", &ready], 180)?;
+
+        let mut dhcp_line = None;
+        if let Some(sg) = sg {
+            dhcp_line = Some(self.network_checks(id, sg)?);
+        }
 
         let since = Instant::now();
         self.c
@@ -345,7 +435,18 @@ impl Smoke {
             .call("StartInstances", &[("InstanceId.1", id)], self.timeout(60))?;
         self.step("StartInstances", since);
         self.wait_state(id, "running", 120)?;
-        self.wait_console(id, &["ec2d-tiny: boot 2", &ready], 180)?;
+        self.wait_console(
+            id,
+            Some("ec2d-tiny: boot 2"),
+            &["ec2d-tiny: boot 2", &ready],
+            180,
+        )?;
+        if let Some(dhcp) = &dhcp_line {
+            // The new VM's NIC is plugged into the same ENI: same lease, and the user data
+            // (already run for this instance id) is skipped.
+            let skipped = format!("ec2d-tiny: user data: already ran for {id} (exit 0), skipped");
+            self.wait_console(id, Some("ec2d-tiny: boot 2"), &[dhcp, &skipped], 300)?;
+        }
 
         let since = Instant::now();
         self.c.call(
@@ -357,6 +458,185 @@ impl Smoke {
         self.wait_state(id, "terminated", 180)?;
         Ok(())
     }
+
+    /// DHCP, IMDSv2 from the user data, the web server on the public IP, and the revoke.
+    /// Returns the DHCP line (`ec2d-tiny: eth0 <ip>/<prefix> via <router>`).
+    fn network_checks(&self, id: &str, sg: &str) -> Result<String, Fail> {
+        let (private, public) = self.addresses(id)?;
+        let public = public.ok_or_else(|| format!("{id} has no public IP address"))?;
+        println!(
+            "SMOKE: [{:7.2}s]   {id}: private {private}, public {public}",
+            self.t0.elapsed().as_secs_f64()
+        );
+
+        // DHCP from the fabric over virtio-net.
+        let lease = format!("ec2d-tiny: eth0 {private}/");
+        let text = self.wait_console(id, None, &[&lease, "ec2d-tiny: eth0 hostname "], 180)?;
+        let dhcp = line_with(&text, &lease).unwrap_or_default();
+        if !dhcp.contains(" via ") {
+            return Err(format!("the DHCP line has no router: {dhcp:?}"));
+        }
+        let mtu = line_with(&text, "ec2d-tiny: eth0 hostname ").unwrap_or_default();
+        println!(
+            "SMOKE: [{:7.2}s]   DHCP: {dhcp}\nSMOKE: [{:7.2}s]   DHCP: {mtu}",
+            self.t0.elapsed().as_secs_f64(),
+            self.t0.elapsed().as_secs_f64()
+        );
+
+        // The hook's own IMDSv2 session (token PUT, then GETs with it).
+        let imds = format!("ec2d-tiny: imds: instance {id} (IMDSv2)");
+        self.wait_console(id, None, &[&imds], 180)?;
+
+        // The user data (larger than a 9001-byte frame) came from IMDS, ran, and read its own
+        // identity with a token: HttpTokens=required refuses anything else.
+        let ud_id = format!("ud: instance-id={id}");
+        let text = self.wait_console(
+            id,
+            None,
+            &[
+                "ec2d-tiny: user data: running",
+                &ud_id,
+                "ud: httpd on 80",
+                "ec2d-tiny: user data: exit 0",
+            ],
+            600,
+        )?;
+        let doc = line_with(&text, "ud: identity=").unwrap_or_default();
+        for want in [
+            format!("\"instanceId\":\"{id}\""),
+            format!("\"privateIp\":\"{private}\""),
+        ] {
+            if !doc.contains(&want) {
+                return Err(format!("identity document lacks {want}: {doc:?}"));
+            }
+        }
+        println!(
+            "SMOKE: [{:7.2}s]   identity document has instanceId {id} and privateIp {private}",
+            self.t0.elapsed().as_secs_f64()
+        );
+
+        // The web server, through ec2d's listener on the public IP.
+        let addr: SocketAddr = format!("{public}:80")
+            .parse()
+            .map_err(|e| format!("public IP {public}: {e}"))?;
+        let since = Instant::now();
+        let deadline = since + self.timeout(60);
+        let body = loop {
+            match http_get(addr, "/", self.timeout(30)) {
+                Ok((200, body)) => break body,
+                other if Instant::now() > deadline => {
+                    return Err(format!("GET http://{addr}/: {other:?}"));
+                }
+                _ => std::thread::sleep(Duration::from_millis(500)),
+            }
+        };
+        let want = format!("hello from {id}\n");
+        if body != want.as_bytes() {
+            return Err(format!(
+                "GET http://{addr}/ returned {:?}, not {want:?}",
+                String::from_utf8_lossy(&body)
+            ));
+        }
+        self.step(
+            &format!("GET http://{addr}/ -> {:?}", want.trim_end()),
+            since,
+        );
+
+        let since = Instant::now();
+        let big = match http_get(addr, "/big.txt", self.timeout(60)) {
+            Ok((200, body)) => body,
+            other => return Err(format!("GET http://{addr}/big.txt: {other:?}")),
+        };
+        let line = format!("{id}\n");
+        let expect: Vec<u8> = line.bytes().cycle().take(BIG_FILE).collect();
+        if big != expect {
+            return Err(format!(
+                "GET http://{addr}/big.txt: {} bytes, not the {BIG_FILE} expected",
+                big.len()
+            ));
+        }
+        self.step(
+            &format!("GET http://{addr}/big.txt -> {BIG_FILE} bytes, as written"),
+            since,
+        );
+
+        // Revoked, the port is closed: a new connection is refused.
+        let since = Instant::now();
+        self.port_80(sg, "RevokeSecurityGroupIngress")?;
+        let deadline = since + self.timeout(30);
+        loop {
+            match TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
+                Err(e) if e.kind() == ErrorKind::ConnectionRefused => break,
+                r if Instant::now() > deadline => {
+                    return Err(format!(
+                        "{addr} still not refused {:?} after the revoke: {r:?}",
+                        self.timeout(30)
+                    ));
+                }
+                _ => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
+        self.step(
+            &format!("RevokeSecurityGroupIngress tcp 80 -> connection to {addr} refused"),
+            since,
+        );
+        Ok(dhcp)
+    }
+}
+
+/// Size of `/www/big.txt`: the instance id line repeated, well over one 9001-byte frame.
+const BIG_FILE: usize = 300_000;
+
+/// The user data: the instance's identity through the AMI's `imds` helper (IMDSv2; the instance
+/// is launched with HttpTokens=required), then `busybox httpd` on port 80 serving the id. The
+/// comment padding makes the script larger than one 9001-byte frame, so IMDS has to send it to
+/// the guest in jumbo frames.
+fn user_data() -> String {
+    let mut s = format!(
+        r#"#!/bin/sh
+ID=$(imds get meta-data/instance-id)
+echo "ud: instance-id=$ID"
+echo "ud: identity=$(imds get dynamic/instance-identity/document | tr -d ' \n')"
+mkdir -p /www
+echo "hello from $ID" > /www/index.html
+yes "$ID" | head -c {BIG_FILE} > /www/big.txt
+busybox httpd -p 80 -h /www
+echo "ud: httpd on 80"
+"#
+    );
+    for i in 0..180 {
+        s.push_str(&format!(
+            "# padding {i:03}: makes this script larger than one 9001-byte frame\n"
+        ));
+    }
+    s
+}
+
+/// The first line of `text` containing `needle`, without its line ending.
+fn line_with(text: &str, needle: &str) -> Option<String> {
+    text.lines()
+        .find(|l| l.contains(needle))
+        .map(|l| l.trim_end_matches('\r').to_string())
+}
+
+/// A plain HTTP/1.0 GET; returns the status and the body (read until the server closes).
+fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> std::io::Result<(u16, Vec<u8>)> {
+    let mut s = TcpStream::connect_timeout(&addr, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| std::io::Error::new(ErrorKind::InvalidData, "no end of headers"))?;
+    let head = String::from_utf8_lossy(&raw[..split]);
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Ok((status, raw[split + 4..].to_vec()))
 }
 
 fn main() -> ExitCode {
@@ -366,6 +646,7 @@ fn main() -> ExitCode {
     let mut region = "us-east-1".to_string();
     let mut instance_type = "t3.micro".to_string();
     let mut scale = 1.0f64;
+    let mut network = true;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut val = |name: &str| {
@@ -386,9 +667,10 @@ fn main() -> ExitCode {
                     std::process::exit(2)
                 })
             }
+            "--no-network" => network = false,
             "-h" | "--help" => {
                 println!(
-                    "usage: lifecycle_smoke [--endpoint URL] [--key K] [--secret S] [--region R] [--instance-type T] [--timeout-scale N]"
+                    "usage: lifecycle_smoke [--endpoint URL] [--key K] [--secret S] [--region R] [--instance-type T] [--timeout-scale N] [--no-network]"
                 );
                 return ExitCode::SUCCESS;
             }
@@ -412,12 +694,23 @@ fn main() -> ExitCode {
         },
         t0: Instant::now(),
         scale,
+        network,
     };
     println!("SMOKE: lifecycle against {endpoint}");
     match smoke.run(&instance_type) {
         Ok(()) => {
             println!(
-                "SMOKE: PASS run -> running -> ready -> stop -> stopped -> start -> running -> boot 2 -> terminated in {:.1}s",
+                "SMOKE: PASS run -> running -> ready{} -> stop -> stopped -> start -> running -> boot 2{} -> terminated in {:.1}s",
+                if network {
+                    " -> DHCP -> IMDSv2 -> user data -> GET public IP -> revoke -> refused"
+                } else {
+                    ""
+                },
+                if network {
+                    " -> same lease, user data skipped"
+                } else {
+                    ""
+                },
                 smoke.t0.elapsed().as_secs_f64()
             );
             ExitCode::SUCCESS
