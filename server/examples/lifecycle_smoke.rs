@@ -252,6 +252,18 @@ impl Smoke {
         want: &[&str],
         secs: u64,
     ) -> Result<String, Fail> {
+        self.wait_console_unless(id, after, want, &[], secs)
+    }
+
+    /// [`Smoke::wait_console`], failing at once when a line in `bad` appears.
+    fn wait_console_unless(
+        &self,
+        id: &str,
+        after: Option<&str>,
+        want: &[&str],
+        bad: &[&str],
+        secs: u64,
+    ) -> Result<String, Fail> {
         let since = Instant::now();
         let deadline = since + self.timeout(secs);
         loop {
@@ -263,6 +275,12 @@ impl Smoke {
                     .unwrap_or_default(),
                 None => full,
             };
+            if let Some(b) = bad.iter().find(|b| text.contains(**b)) {
+                return Err(format!(
+                    "console of {id} shows {:?}",
+                    line_with(&text, b).unwrap_or_default()
+                ));
+            }
             if want.iter().all(|w| text.contains(w)) {
                 for w in want {
                     println!(
@@ -471,7 +489,21 @@ impl Smoke {
 
         // DHCP from the fabric over virtio-net.
         let lease = format!("ec2d-tiny: eth0 {private}/");
-        let text = self.wait_console(id, None, &[&lease, "ec2d-tiny: eth0 hostname "], 180)?;
+        self.wait_console(id, None, &[&lease], 180)?;
+
+        // The hook's own IMDSv2 session (token PUT, then GETs with it).
+        let imds = format!("ec2d-tiny: imds: instance {id} (IMDSv2)");
+        let text = self.wait_console_unless(
+            id,
+            None,
+            &[&imds],
+            &[
+                "ec2d-tiny: imds: no instance id",
+                "(IMDSv1: the token request failed)",
+            ],
+            180,
+        )?;
+        // The lease lines were complete before the IMDS line started.
         let dhcp = line_with(&text, &lease).unwrap_or_default();
         if !dhcp.contains(" via ") {
             return Err(format!("the DHCP line has no router: {dhcp:?}"));
@@ -483,14 +515,10 @@ impl Smoke {
             self.t0.elapsed().as_secs_f64()
         );
 
-        // The hook's own IMDSv2 session (token PUT, then GETs with it).
-        let imds = format!("ec2d-tiny: imds: instance {id} (IMDSv2)");
-        self.wait_console(id, None, &[&imds], 180)?;
-
         // The user data (larger than a 9001-byte frame) came from IMDS, ran, and read its own
         // identity with a token: HttpTokens=required refuses anything else.
         let ud_id = format!("ud: instance-id={id}");
-        let text = self.wait_console(
+        let text = self.wait_console_unless(
             id,
             None,
             &[
@@ -498,6 +526,14 @@ impl Smoke {
                 &ud_id,
                 "ud: httpd on 80",
                 "ec2d-tiny: user data: exit 0",
+            ],
+            &[
+                "ec2d-tiny: user data: could not be read",
+                "ec2d-tiny: user data: skipped",
+                "ec2d-tiny: user data: none",
+                "ec2d-tiny: user data: ignored",
+                "ec2d-tiny: user data: exit 1",
+                "ec2d-tiny: user data: exit 2",
             ],
             600,
         )?;

@@ -68,6 +68,7 @@ fn main() {
         cfg.nics.push(vmm::NicConfig {
             mac: [0x02, 0xec, 0x2d, 0, 0, i as u8 + 1],
             backend: Arc::new(tap),
+            mtu: None,
         });
     }
     cfg.console = Console::with_tee(1 << 20, Some(Box::new(std::io::stdout())));

@@ -90,12 +90,17 @@ pub struct DiskConfig {
 pub struct NicConfig {
     pub mac: [u8; 6],
     pub backend: Arc<dyn NetBackend>,
+    /// The link MTU told to the driver (VIRTIO_NET_F_MTU): it starts with it and cannot set a
+    /// larger one, and frames longer than MTU + 14 from the backend are dropped. `None`: not
+    /// offered (the driver starts at 1500 and may set any MTU).
+    pub mtu: Option<u16>,
 }
 
 impl std::fmt::Debug for NicConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NicConfig")
             .field("mac", &self.mac)
+            .field("mtu", &self.mtu)
             .finish_non_exhaustive()
     }
 }
@@ -173,7 +178,20 @@ impl VmBuilder {
         self
     }
     pub fn nic(mut self, mac: [u8; 6], backend: Arc<dyn NetBackend>) -> Self {
-        self.cfg.nics.push(NicConfig { mac, backend });
+        self.cfg.nics.push(NicConfig {
+            mac,
+            backend,
+            mtu: None,
+        });
+        self
+    }
+    /// A NIC whose driver is told the link MTU (see [`NicConfig::mtu`]).
+    pub fn nic_with_mtu(mut self, mac: [u8; 6], backend: Arc<dyn NetBackend>, mtu: u16) -> Self {
+        self.cfg.nics.push(NicConfig {
+            mac,
+            backend,
+            mtu: Some(mtu),
+        });
         self
     }
     pub fn rng(mut self, on: bool) -> Self {

@@ -615,7 +615,7 @@ impl Instance {
         }
         let mut rx_setup = Vec::new();
         for (i, n) in cfg.nics.iter().enumerate() {
-            let net = Net::new(n.mac, n.backend.clone());
+            let net = Net::new(n.mac, n.mtu, n.backend.clone());
             rx_setup.push((virtio.len(), net.rx_pending(), i));
             virtio.push((Box::new(net), Some(i)));
         }

@@ -462,6 +462,136 @@ nok: .asciz "NET BAD\n"
     assert_eq!(&f[..6], &[0xff; 6]);
 }
 
+/// VIRTIO_NET_F_MRG_RXBUF and VIRTIO_NET_F_MTU as a driver sees them: the guest finds both
+/// offered and the MTU (9001) in the config space, negotiates them, posts eight 2 KiB RX
+/// buffers, and receives a 9015-byte frame (the MTU plus the Ethernet header) in five of them,
+/// `num_buffers` = 5 in the header, after a 9016-byte frame that the device must drop. It sends
+/// the received bytes straight back as one TX chain, which the host compares with what it sent.
+#[test]
+fn virtio_net_mergeable_rx_buffers_carry_a_jumbo_frame() {
+    require_kvm!("virtio_net_mergeable_rx_buffers_carry_a_jumbo_frame");
+    let body = format!(
+        r#"
+_start:
+    mov $0xd0000000, %ebx
+    # Offered: MTU (bit 3) and MRG_RXBUF (bit 15); the MTU in the config space is 9001.
+    movl $0, 0x14(%rbx)
+    mov 0x10(%rbx), %eax
+    and $0x8008, %eax
+    cmp $0x8008, %eax
+    jne bad
+    movzwl 0x10a(%rbx), %eax
+    cmp $9001, %eax
+    jne bad
+    movl $0, 0x70(%rbx)
+    movl $1, 0x70(%rbx)
+    movl $3, 0x70(%rbx)
+    movl $1, 0x24(%rbx)
+    movl $1, 0x20(%rbx)      # VIRTIO_F_VERSION_1
+    movl $0, 0x24(%rbx)
+    movl $0x8008, 0x20(%rbx) # MRG_RXBUF | MTU
+    movl $0xb, 0x70(%rbx)
+    mov 0x70(%rbx), %eax
+    test $8, %eax
+    jz bad
+    xor %ecx, %ecx
+    mov $0x200000, %edx
+    call virtio_queue
+    mov $1, %ecx
+    mov $0x300000, %edx
+    call virtio_queue
+    call virtio_go
+    # Eight device-writable 2048-byte buffers, back to back from 0x220000.
+    xor %esi, %esi
+1:  mov $0x200000, %edi
+    mov %esi, %r8d
+    shl $11, %r8
+    add $0x220000, %r8
+    mov $2048, %r9d; mov $2, %r10w; xor %r11d, %r11d
+    call desc
+    mov $0x201000, %edi
+    call avail_push
+    inc %esi
+    cmp $8, %esi
+    jne 1b
+    movl $0, 0x50(%rbx)
+    # Ready: the host sends its frames now (a device reset would have dropped earlier ones).
+    mov $1, %al
+    call timer
+    # 12 + 9015 bytes: five buffers, four full and one of 835 bytes.
+    mov $0x202000, %edi; mov $5, %eax; call wait_used
+    cmpw $5, 0x202002
+    jne bad
+    cmpw $5, 0x22000a
+    jne bad
+    cmpl $2048, 0x202008
+    jne bad
+    cmpl $2048, 0x202020
+    jne bad
+    cmpl $835, 0x202028
+    jne bad
+    # Back to the host: the buffers are contiguous, so the header and frame are one run.
+    mov $0x300000, %edi
+    mov $0, %esi; mov $0x220000, %r8; mov $9027, %r9d; mov $0, %r10w; mov $0, %r11w; call desc
+    mov $0x301000, %edi
+    mov $0, %si; call avail_push
+    movl $1, 0x50(%rbx)
+    mov $0x302000, %edi; mov $1, %eax; call wait_used
+    lea ok(%rip), %rsi
+    call print
+    call poweroff
+bad:
+    lea nok(%rip), %rsi
+    call print
+    call poweroff
+ok: .asciz "NET JUMBO OK\n"
+nok: .asciz "NET JUMBO BAD\n"
+{VIRTIO_INIT}
+"#
+    );
+    let Some(kernel) = guest("net-jumbo", &body) else {
+        return;
+    };
+    let frame = |len: usize| -> Vec<u8> {
+        let mut f = vec![0xff; 6];
+        f.extend_from_slice(&[2, 0, 0, 0, 0, 1, 0x88, 0xb5]);
+        f.extend((14..len).map(|i| (i * 7 + i / 256) as u8));
+        f
+    };
+    let (backend, peer) = ChannelBackend::new();
+    let vm = Vm::start(
+        VmBuilder::new(kernel)
+            .memory_mib(32)
+            .rng(false)
+            .nic_with_mtu([2, 0, 0, 0, 0, 1], Arc::new(backend), 9001)
+            .build(),
+    )
+    .expect("start");
+    let events = vm.subscribe();
+    let ready = events
+        .iter()
+        .take_while(|e| !matches!(e, VmEvent::Stopped(_)))
+        .any(|e| matches!(e, VmEvent::BootTimer { .. }));
+    assert!(
+        ready,
+        "the guest stopped before posting its buffers: {:?}",
+        vm.console().text()
+    );
+    peer.to_guest.send(frame(9016)).unwrap();
+    peer.to_guest.send(frame(9015)).unwrap();
+    assert_eq!(run_to_exit(&vm), VmExit::PoweredOff);
+    assert_eq!(vm.console().text(), "NET JUMBO OK\n");
+    let echoed = peer
+        .from_guest
+        .recv_timeout(Duration::from_secs(1))
+        .expect("the echo");
+    assert_eq!(echoed.len(), 9015);
+    assert!(
+        echoed == frame(9015),
+        "the echo differs from the frame sent"
+    );
+}
+
 #[test]
 fn pause_resume_and_kill() {
     require_kvm!("pause_resume_and_kill");

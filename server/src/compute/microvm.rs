@@ -82,8 +82,10 @@ impl Engine for MicrovmEngine {
         for d in &spec.disks {
             b = b.disk(&d.path, d.read_only, d.serial.clone());
         }
+        // The driver is told the VPC's MTU, which it starts with and may not exceed, and takes
+        // mergeable RX buffers, so 9001-byte frames from the fabric reach it whole.
         for nic in &spec.nics {
-            b = b.nic(nic.mac, nic.link.clone());
+            b = b.nic_with_mtu(nic.mac, nic.link.clone(), crate::net::VPC_MTU);
         }
         let vm = vmm::Vm::start(b.build()).map_err(|e| EngineError::Launch(e.to_string()))?;
         let vm = Arc::new(vm);

@@ -379,7 +379,7 @@ mod tests {
             let mem = crate::memory::create(1 << 20).unwrap();
             let dev: Box<dyn VirtioDevice> = match round % 3 {
                 0 => Box::new(Block::open(&path, round % 2 == 0, "fuzz").unwrap()),
-                1 => Box::new(Net::new([2, 0, 0, 0, 0, 9], backend.clone())),
+                1 => Box::new(Net::new([2, 0, 0, 0, 0, 9], None, backend.clone())),
                 _ => Box::new(Rng),
             };
             let mut t = MmioTransport::new(dev, mem.clone(), Interrupt::new(None));

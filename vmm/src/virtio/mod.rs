@@ -204,6 +204,12 @@ pub mod testutil {
             mem.read_obj(GuestAddress(self.used + 2)).unwrap()
         }
 
+        /// Descriptor head index reported in used-ring element `n`.
+        pub fn used_id(&self, mem: &GuestMem, n: u16) -> u32 {
+            let at = self.used + 4 + 8 * u64::from(n % self.size);
+            mem.read_obj(GuestAddress(at)).unwrap()
+        }
+
         /// Length reported in used-ring element `n`.
         pub fn used_len(&self, mem: &GuestMem, n: u16) -> u32 {
             let at = self.used + 4 + 8 * u64::from(n % self.size) + 4;
