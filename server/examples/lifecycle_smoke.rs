@@ -525,6 +525,7 @@ impl Smoke {
                 "ec2d-tiny: user data: running",
                 &ud_id,
                 "ud: httpd on 80",
+                "ud: eth0 virtio features=",
                 "ec2d-tiny: user data: exit 0",
             ],
             &[
@@ -550,6 +551,28 @@ impl Smoke {
             "SMOKE: [{:7.2}s]   identity document has instanceId {id} and privateIp {private}",
             self.t0.elapsed().as_secs_f64()
         );
+
+        // A virtio NIC (microvm engine): the driver took mergeable RX buffers and the MTU.
+        let features = line_with(&text, "ud: eth0 virtio features=")
+            .and_then(|l| l.split_once('=').map(|(_, f)| f.trim().to_string()))
+            .unwrap_or_default();
+        if features.is_empty() {
+            println!(
+                "SMOKE: [{:7.2}s]   eth0 is not a virtio device (no feature bits)",
+                self.t0.elapsed().as_secs_f64()
+            );
+        } else {
+            let bit = |n: usize| features.as_bytes().get(n) == Some(&b'1');
+            if !(bit(3) && bit(15)) {
+                return Err(format!(
+                    "eth0's virtio features {features} lack MTU (bit 3) or MRG_RXBUF (bit 15)"
+                ));
+            }
+            println!(
+                "SMOKE: [{:7.2}s]   virtio-net negotiated MTU and MRG_RXBUF (features {features})",
+                self.t0.elapsed().as_secs_f64()
+            );
+        }
 
         // The web server, through ec2d's listener on the public IP.
         let addr: SocketAddr = format!("{public}:80")
@@ -638,6 +661,7 @@ echo "hello from $ID" > /www/index.html
 yes "$ID" | head -c {BIG_FILE} > /www/big.txt
 busybox httpd -p 80 -h /www
 echo "ud: httpd on 80"
+echo "ud: eth0 virtio features=$(cat /sys/class/net/eth0/device/features 2>/dev/null)"
 "#
     );
     for i in 0..180 {
