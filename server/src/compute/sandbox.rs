@@ -857,6 +857,21 @@ struct Inner {
     console: Mutex<Console>,
 }
 
+/// Opens the boot's tap. The previous boot's device can outlive its last descriptor for a
+/// moment (the kernel tears down the guest's network namespace, where it lived as `eth0`,
+/// asynchronously), and until it is gone the name is busy: retry briefly.
+fn open_tap(name: &str) -> io::Result<vmm::net::TapBackend> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match vmm::net::TapBackend::open(name) {
+            Err(e) if e.kind() == io::ErrorKind::ResourceBusy && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
 enum Outcome {
     Reboot,
     PoweredOff,
@@ -964,7 +979,7 @@ impl Inner {
         if let (Some(nic), Some(_), Some(_)) =
             (spec.nics.first(), &self.tools.ip, &self.tools.nsenter)
         {
-            let t = vmm::net::TapBackend::open(&tap_name(&spec.instance_id))?;
+            let t = open_tap(&tap_name(&spec.instance_id))?;
             cmd.env("EC2D_TAP", t.name())
                 .env("EC2D_MAC", crate::dataplane::format_mac(&nic.mac))
                 .env(
