@@ -62,6 +62,12 @@ struct ServeArgs {
     /// loop devices, cgroups); auto picks microvm only on hardware KVM.
     #[arg(long, value_enum, default_value = "auto", env = "EC2D_ENGINE")]
     engine: EngineChoice,
+    /// Seconds a stopping or terminating guest (and every guest when ec2d exits) has to shut
+    /// down after the ACPI power button (or its signal) before it is forced off. Raise it for slow hosts, e.g. a guest
+    /// under emulation.
+    #[arg(long, value_name = "SECONDS", default_value_t = ec2d::compute::DEFAULT_GRACE.as_secs(),
+          env = "EC2D_SHUTDOWN_GRACE", value_parser = clap::value_parser!(u64).range(1..=3600))]
+    shutdown_grace: u64,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -163,7 +169,9 @@ fn run_serve(args: ServeArgs) -> Result<(), String> {
     })?;
     let store =
         Arc::new(Store::open(&args.data_dir.join("ec2d.sqlite")).map_err(|e| e.to_string())?);
-    let compute = Arc::new(Compute::new(args.engine, &args.data_dir));
+    let mut compute = Compute::new(args.engine, &args.data_dir);
+    compute.grace = std::time::Duration::from_secs(args.shutdown_grace);
+    let compute = Arc::new(compute);
     // A microVM boots the AMI's own kernel, so built-in AMIs then carry kernel and initrd.
     let storage = Arc::new(
         Storage::new(&args.data_dir)
