@@ -3,8 +3,8 @@
 use kvm_bindings::{CpuId, kvm_cpuid_entry2};
 
 /// Adjusts `cpuid` (KVM_GET_SUPPORTED_CPUID output) for vCPU `id` of `count`:
-/// APIC IDs, a flat one-thread-per-core topology in one package, and the
-/// hypervisor bit.
+/// APIC IDs, a flat one-thread-per-core topology in one package, the
+/// hypervisor bit, and no XSAVE-managed features without XSAVE.
 pub fn adjust(cpuid: &mut CpuId, id: u8, count: u8) {
     let count = count.max(1);
     let vendor_amd = cpuid
@@ -13,8 +13,58 @@ pub fn adjust(cpuid: &mut CpuId, id: u8, count: u8) {
         .find(|e| e.function == 0)
         .map(|e| e.ebx == u32::from_le_bytes(*b"Auth"))
         .unwrap_or(false);
+    let xsave = cpuid
+        .as_slice()
+        .iter()
+        .find(|e| e.function == 1)
+        .is_some_and(|e| e.ecx & LEAF1_ECX_XSAVE != 0);
     for e in cpuid.as_mut_slice().iter_mut() {
         adjust_entry(e, id, count, vendor_amd);
+        if !xsave {
+            drop_xsave_features(e);
+        }
+    }
+}
+
+const LEAF1_ECX_XSAVE: u32 = 1 << 26;
+
+/// Clears the features whose register state only XSAVE manages (AVX and its
+/// descendants, AVX-512, AMX), for a host without XSAVE.
+///
+/// Why: KVM passes a host's AVX bit through even when the host has no XSAVE (a
+/// CPU model with XSAVE turned off, as under QEMU with `-xsave`). No real CPU
+/// looks like that, and Linux, which only drops AVX when it clears XSAVE
+/// itself, then runs AVX code (aesni_intel's self test) without being able to
+/// enable YMM state and takes #UD.
+fn drop_xsave_features(e: &mut kvm_cpuid_entry2) {
+    match (e.function, e.index) {
+        // OSXSAVE, AVX, FMA, F16C.
+        (1, _) => e.ecx &= !((1 << 27) | (1 << 28) | (1 << 12) | (1 << 29)),
+        (7, 0) => {
+            // AVX2 and the AVX-512 family.
+            e.ebx &= !((1 << 5)
+                | (1 << 16)
+                | (1 << 17)
+                | (1 << 21)
+                | (1 << 26)
+                | (1 << 27)
+                | (1 << 28)
+                | (1 << 30)
+                | (1 << 31));
+            // AVX512_VBMI, VBMI2, VAES, VPCLMULQDQ, VNNI, BITALG, VPOPCNTDQ.
+            e.ecx &=
+                !((1 << 1) | (1 << 6) | (1 << 9) | (1 << 10) | (1 << 11) | (1 << 12) | (1 << 14));
+            // AVX512_4VNNIW, 4FMAPS, VP2INTERSECT, AMX-BF16, AVX512_FP16, AMX-TILE, AMX-INT8.
+            e.edx &=
+                !((1 << 2) | (1 << 3) | (1 << 8) | (1 << 22) | (1 << 23) | (1 << 24) | (1 << 25));
+        }
+        // AVX_VNNI, AVX512_BF16.
+        (7, 1) => e.eax &= !((1 << 4) | (1 << 5)),
+        // The XSAVE state leaf describes nothing.
+        (0xd, _) => (e.eax, e.ebx, e.ecx, e.edx) = (0, 0, 0, 0),
+        // AMD XOP, FMA4.
+        (0x8000_0001, _) => e.ecx &= !((1 << 11) | (1 << 16)),
+        _ => {}
     }
 }
 
@@ -130,5 +180,44 @@ mod tests {
         assert_eq!(bits_for(1), 0);
         assert_eq!(bits_for(2), 1);
         assert_eq!(bits_for(5), 3);
+    }
+
+    fn avx_host(xsave: bool) -> CpuId {
+        let leaf1_ecx = (1 << 28) | (1 << 12) | if xsave { LEAF1_ECX_XSAVE } else { 0 };
+        CpuId::from_entries(&[
+            kvm_cpuid_entry2 {
+                function: 1,
+                ecx: leaf1_ecx,
+                ..Default::default()
+            },
+            kvm_cpuid_entry2 {
+                function: 7,
+                ebx: (1 << 5) | (1 << 3),
+                ..Default::default()
+            },
+            kvm_cpuid_entry2 {
+                function: 0xd,
+                eax: 7,
+                ..Default::default()
+            },
+        ])
+        .unwrap()
+    }
+
+    #[test]
+    fn avx_is_offered_only_with_xsave() {
+        let mut c = avx_host(false);
+        adjust(&mut c, 0, 1);
+        let s = c.as_slice();
+        assert_eq!(s[0].ecx & ((1 << 28) | (1 << 12)), 0, "AVX and FMA cleared");
+        assert_eq!(s[1].ebx, 1 << 3, "AVX2 cleared, BMI1 kept");
+        assert_eq!(s[2].eax, 0, "no XSAVE state components");
+
+        let mut c = avx_host(true);
+        adjust(&mut c, 0, 1);
+        let s = c.as_slice();
+        assert_ne!(s[0].ecx & (1 << 28), 0);
+        assert_eq!(s[1].ebx, (1 << 5) | (1 << 3));
+        assert_eq!(s[2].eax, 7);
     }
 }
