@@ -3,7 +3,7 @@
 //!
 //!   lifecycle_smoke [--endpoint http://127.0.0.1:4566] [--key test] [--secret test]
 //!                   [--region us-east-1] [--instance-type t3.micro] [--timeout-scale N]
-//!                   [--no-network]
+//!                   [--no-network] [--ami tiny|debian-12]
 //!
 //! DescribeImages (Owner amazon, name ec2d-tiny-x86_64) → CreateSecurityGroup +
 //! AuthorizeSecurityGroupIngress (tcp 80 from 0.0.0.0/0) → RunInstances (that group,
@@ -167,6 +167,17 @@ struct Smoke {
     network: bool,
 }
 
+/// The debian-12 scenario's user data: a boot counter kept on the root volume (bootcmd runs on
+/// every boot) and a once-per-instance runcmd line with the id cloud-init got from IMDS. The
+/// commands are quoted: a plain YAML scalar cannot hold ": ".
+const DEBIAN_USER_DATA: &str = r#"#cloud-config
+bootcmd:
+  - 'n=$(( $(cat /var/lib/ec2d-smoke-boots 2>/dev/null || echo 0) + 1 )); echo $n > /var/lib/ec2d-smoke-boots; echo "ec2d-debian: boot $n"'
+runcmd:
+  - 'echo "ec2d-debian: runcmd $(cat /var/lib/cloud/data/instance-id)"'
+
+"#;
+
 impl Smoke {
     fn step(&self, what: &str, since: Instant) {
         println!(
@@ -203,8 +214,16 @@ impl Smoke {
         let since = Instant::now();
         let deadline = since + self.timeout(secs);
         let mut last = String::new();
+        let mut next_progress = since + PROGRESS_EVERY;
         loop {
             let st = self.state(id)?;
+            if Instant::now() > next_progress {
+                next_progress += PROGRESS_EVERY;
+                println!(
+                    "SMOKE: [{:7.2}s]   still waiting for {want}; {id} is {st}",
+                    self.t0.elapsed().as_secs_f64()
+                );
+            }
             if st != last {
                 println!(
                     "SMOKE: [{:7.2}s]   {id} is {st}",
@@ -266,6 +285,7 @@ impl Smoke {
     ) -> Result<String, Fail> {
         let since = Instant::now();
         let deadline = since + self.timeout(secs);
+        let mut next_progress = since + PROGRESS_EVERY;
         loop {
             let full = self.console(id)?;
             let text = match after {
@@ -293,6 +313,17 @@ impl Smoke {
                     since,
                 );
                 return Ok(text);
+            }
+            if Instant::now() > next_progress {
+                // A slow boot (debian-12 under nested TCG takes minutes) shows that it moves.
+                next_progress += PROGRESS_EVERY;
+                let last = text.lines().rev().find(|l| !l.trim().is_empty());
+                println!(
+                    "SMOKE: [{:7.2}s]   still waiting; console has {} lines, the last: {:?}",
+                    self.t0.elapsed().as_secs_f64(),
+                    text.lines().count(),
+                    last.unwrap_or_default().trim_end_matches('\r')
+                );
             }
             if Instant::now() > deadline {
                 let tail: Vec<&str> = text.lines().rev().take(25).collect();
@@ -332,8 +363,8 @@ impl Smoke {
         }
     }
 
-    fn run(&self, instance_type: &str) -> Result<(), Fail> {
-        self.wait_endpoint(120)?;
+    /// The id of the built-in image named `name`.
+    fn builtin_ami(&self, name: &str) -> Result<String, Fail> {
         // DescribeImages may build or verify the built-in AMI on first use.
         let since = Instant::now();
         let r = self.c.call(
@@ -341,17 +372,96 @@ impl Smoke {
             &[
                 ("Owner.1", "amazon"),
                 ("Filter.1.Name", "name"),
-                ("Filter.1.Value.1", "ec2d-tiny-x86_64"),
+                ("Filter.1.Value.1", name),
             ],
             self.timeout(900),
         )?;
         let ami = tag(&r, "imageId").ok_or_else(|| {
             format!(
-                "DescribeImages: no ec2d-tiny-x86_64 image owned by amazon: {}",
+                "DescribeImages: no {name} image owned by amazon: {}",
                 r.chars().take(600).collect::<String>()
             )
         })?;
         self.step(&format!("DescribeImages -> {ami}"), since);
+        Ok(ami)
+    }
+
+    /// A new security group open to the world on tcp `port`.
+    fn open_group(&self, port: &str) -> Result<String, Fail> {
+        let since = Instant::now();
+        let name = format!("smoke-{port}-{}", std::process::id());
+        let r = self.c.call(
+            "CreateSecurityGroup",
+            &[
+                ("GroupName", &name),
+                (
+                    "GroupDescription",
+                    "lifecycle_smoke: one tcp port from anywhere",
+                ),
+            ],
+            self.timeout(60),
+        )?;
+        let gid = tag(&r, "groupId").ok_or("CreateSecurityGroup: no groupId")?;
+        self.port(&gid, "AuthorizeSecurityGroupIngress", port)?;
+        self.step(
+            &format!(
+                "CreateSecurityGroup {gid} + AuthorizeSecurityGroupIngress tcp {port} from 0.0.0.0/0"
+            ),
+            since,
+        );
+        Ok(gid)
+    }
+
+    /// RunInstances with one instance of `params`; returns its id.
+    fn run_one(&self, params: &[(&str, String)], instance_type: &str) -> Result<String, Fail> {
+        let since = Instant::now();
+        let borrowed: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let r = self.c.call("RunInstances", &borrowed, self.timeout(600))?;
+        let id = tag(&r, "instanceId").ok_or("RunInstances: no instanceId in the answer")?;
+        self.step(&format!("RunInstances {instance_type} -> {id}"), since);
+        Ok(id)
+    }
+
+    /// Stop, then start again: back to running (each within its number of seconds).
+    fn stop_start(&self, id: &str, stop_secs: u64, start_secs: u64) -> Result<(), Fail> {
+        let since = Instant::now();
+        self.c
+            .call("StopInstances", &[("InstanceId.1", id)], self.timeout(60))?;
+        self.step("StopInstances", since);
+        self.wait_state(id, "stopped", stop_secs)?;
+        let since = Instant::now();
+        self.c
+            .call("StartInstances", &[("InstanceId.1", id)], self.timeout(60))?;
+        self.step("StartInstances", since);
+        self.wait_state(id, "running", start_secs)
+    }
+
+    fn terminate(&self, id: &str) -> Result<(), Fail> {
+        let since = Instant::now();
+        self.c.call(
+            "TerminateInstances",
+            &[("InstanceId.1", id)],
+            self.timeout(60),
+        )?;
+        self.step("TerminateInstances", since);
+        self.wait_state(id, "terminated", 180)
+    }
+
+    /// Passes `result` on; after a failure, terminates `id` so nothing is left running.
+    fn or_terminate(&self, id: &str, result: Result<(), Fail>) -> Result<(), Fail> {
+        if result.is_err() {
+            let _ = self.c.call(
+                "TerminateInstances",
+                &[("InstanceId.1", id)],
+                self.timeout(60),
+            );
+        }
+        result
+    }
+
+    fn run(&self, instance_type: &str) -> Result<(), Fail> {
+        self.wait_endpoint(120)?;
+        let ami = self.builtin_ami("ec2d-tiny-x86_64")?;
 
         let mut params: Vec<(&str, String)> = vec![
             ("ImageId", ami.clone()),
@@ -361,22 +471,7 @@ impl Smoke {
         ];
         let mut sg = None;
         if self.network {
-            let since = Instant::now();
-            let name = format!("smoke-web-{}", std::process::id());
-            let r = self.c.call(
-                "CreateSecurityGroup",
-                &[
-                    ("GroupName", &name),
-                    ("GroupDescription", "lifecycle_smoke: tcp 80 from anywhere"),
-                ],
-                self.timeout(60),
-            )?;
-            let gid = tag(&r, "groupId").ok_or("CreateSecurityGroup: no groupId")?;
-            self.port_80(&gid, "AuthorizeSecurityGroupIngress")?;
-            self.step(
-                &format!("CreateSecurityGroup {gid} + AuthorizeSecurityGroupIngress tcp 80 from 0.0.0.0/0"),
-                since,
-            );
+            let gid = self.open_group("80")?;
             params.push(("SecurityGroupId.1", gid.clone()));
             params.push(("MetadataOptions.HttpTokens", "required".into()));
             params.push((
@@ -385,33 +480,92 @@ impl Smoke {
             ));
             sg = Some(gid);
         }
-        let since = Instant::now();
-        let borrowed: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let r = self.c.call("RunInstances", &borrowed, self.timeout(600))?;
-        let id = tag(&r, "instanceId").ok_or("RunInstances: no instanceId in the answer")?;
-        self.step(&format!("RunInstances {instance_type} -> {id}"), since);
-
-        let result = self.lifecycle(&id, sg.as_deref());
-        if result.is_err() {
-            // Leave nothing running behind a failure.
-            let _ = self.c.call(
-                "TerminateInstances",
-                &[("InstanceId.1", &id)],
-                self.timeout(60),
-            );
-        }
-        result
+        let id = self.run_one(&params, instance_type)?;
+        self.or_terminate(&id, self.lifecycle(&id, sg.as_deref()))
     }
 
-    /// Authorizes or revokes tcp 80 from 0.0.0.0/0 on group `gid`.
-    fn port_80(&self, gid: &str, action: &str) -> Result<(), Fail> {
+    /// The lifecycle on debian-12, with cloud-init doing the guest's part (see the module doc).
+    fn run_debian(&self, instance_type: &str) -> Result<(), Fail> {
+        self.wait_endpoint(120)?;
+        let ami = self.builtin_ami("debian-12-amd64-ec2d")?;
+        let gid = self.open_group("22")?;
+        let params: Vec<(&str, String)> = vec![
+            ("ImageId", ami),
+            ("InstanceType", instance_type.to_string()),
+            ("MinCount", "1".into()),
+            ("MaxCount", "1".into()),
+            ("SecurityGroupId.1", gid),
+            ("MetadataOptions.HttpTokens", "required".into()),
+            (
+                "UserData",
+                base64::engine::general_purpose::STANDARD.encode(DEBIAN_USER_DATA),
+            ),
+        ];
+        let id = self.run_one(&params, instance_type)?;
+        self.or_terminate(&id, self.debian_lifecycle(&id))
+    }
+
+    fn debian_lifecycle(&self, id: &str) -> Result<(), Fail> {
+        // systemd and cloud-init are far slower than the tiny init under nested TCG.
+        self.wait_state(id, "running", 600)?;
+        let runcmd = format!("ec2d-debian: runcmd {id}");
+        let text = self.wait_console_unless(
+            id,
+            None,
+            &[
+                "ec2d-debian: boot 1",
+                &runcmd,
+                "Datasource DataSourceEc2Local",
+            ],
+            &["Kernel panic", "ec2d-debian: boot 2"],
+            3600,
+        )?;
+        let finished = line_with(&text, "Datasource DataSourceEc2Local").unwrap_or_default();
+        println!(
+            "SMOKE: [{:7.2}s]   cloud-init: {}",
+            self.t0.elapsed().as_secs_f64(),
+            finished.trim()
+        );
+
+        // sshd, started by systemd with host keys cloud-init generated, through the public IP.
+        let (_, public) = self.addresses(id)?;
+        let public = public.ok_or_else(|| format!("{id} has no public IP address"))?;
+        let addr: SocketAddr = format!("{public}:22")
+            .parse()
+            .map_err(|e| format!("public IP {public}: {e}"))?;
+        let since = Instant::now();
+        let deadline = since + self.timeout(300);
+        let banner = loop {
+            match ssh_banner(addr, self.timeout(30)) {
+                Ok(b) if b.starts_with("SSH-2.0-OpenSSH") => break b,
+                other if Instant::now() > deadline => {
+                    return Err(format!("no OpenSSH banner from {addr}: {other:?}"));
+                }
+                _ => std::thread::sleep(Duration::from_secs(1)),
+            }
+        };
+        self.step(&format!("sshd on {addr} -> {banner:?}"), since);
+
+        // A graceful stop: the VMM presses the ACPI power button and systemd shuts down.
+        self.stop_start(id, 900, 600)?;
+        self.wait_console(
+            id,
+            Some("ec2d-debian: boot 2"),
+            &["ec2d-debian: boot 2"],
+            3600,
+        )?;
+        self.terminate(id)
+    }
+
+    /// Authorizes or revokes tcp `port` from 0.0.0.0/0 on group `gid`.
+    fn port(&self, gid: &str, action: &str, port: &str) -> Result<(), Fail> {
         self.c.call(
             action,
             &[
                 ("GroupId", gid),
                 ("IpPermissions.1.IpProtocol", "tcp"),
-                ("IpPermissions.1.FromPort", "80"),
-                ("IpPermissions.1.ToPort", "80"),
+                ("IpPermissions.1.FromPort", port),
+                ("IpPermissions.1.ToPort", port),
                 ("IpPermissions.1.IpRanges.1.CidrIp", "0.0.0.0/0"),
             ],
             self.timeout(60),
@@ -442,17 +596,7 @@ impl Smoke {
             dhcp_line = Some(self.network_checks(id, sg)?);
         }
 
-        let since = Instant::now();
-        self.c
-            .call("StopInstances", &[("InstanceId.1", id)], self.timeout(60))?;
-        self.step("StopInstances", since);
-        self.wait_state(id, "stopped", 180)?;
-
-        let since = Instant::now();
-        self.c
-            .call("StartInstances", &[("InstanceId.1", id)], self.timeout(60))?;
-        self.step("StartInstances", since);
-        self.wait_state(id, "running", 120)?;
+        self.stop_start(id, 180, 120)?;
         self.wait_console(
             id,
             Some("ec2d-tiny: boot 2"),
@@ -466,15 +610,7 @@ impl Smoke {
             self.wait_console(id, Some("ec2d-tiny: boot 2"), &[dhcp, &skipped], 300)?;
         }
 
-        let since = Instant::now();
-        self.c.call(
-            "TerminateInstances",
-            &[("InstanceId.1", id)],
-            self.timeout(60),
-        )?;
-        self.step("TerminateInstances", since);
-        self.wait_state(id, "terminated", 180)?;
-        Ok(())
+        self.terminate(id)
     }
 
     /// DHCP, IMDSv2 from the user data, the web server on the public IP, and the revoke.
@@ -621,7 +757,7 @@ impl Smoke {
 
         // Revoked, the port is closed: a new connection is refused.
         let since = Instant::now();
-        self.port_80(sg, "RevokeSecurityGroupIngress")?;
+        self.port(sg, "RevokeSecurityGroupIngress", "80")?;
         let deadline = since + self.timeout(30);
         loop {
             match TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
@@ -642,6 +778,9 @@ impl Smoke {
         Ok(dhcp)
     }
 }
+
+/// How often a long console wait prints where the boot is.
+const PROGRESS_EVERY: Duration = Duration::from_secs(60);
 
 /// Size of `/www/big.txt`: the instance id line repeated, well over one 9001-byte frame.
 const BIG_FILE: usize = 300_000;
@@ -679,6 +818,18 @@ fn line_with(text: &str, needle: &str) -> Option<String> {
         .map(|l| l.trim_end_matches('\r').to_string())
 }
 
+/// The first line an SSH server sends (RFC 4253 §4.2), without its line ending.
+fn ssh_banner(addr: SocketAddr, timeout: Duration) -> std::io::Result<String> {
+    let mut s = TcpStream::connect_timeout(&addr, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while line.len() < 255 && s.read(&mut byte)? == 1 && byte[0] != b'\n' {
+        line.push(byte[0]);
+    }
+    Ok(String::from_utf8_lossy(&line).trim_end().to_string())
+}
+
 /// A plain HTTP/1.0 GET; returns the status and the body (read until the server closes).
 fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> std::io::Result<(u16, Vec<u8>)> {
     let mut s = TcpStream::connect_timeout(&addr, timeout)?;
@@ -707,6 +858,7 @@ fn main() -> ExitCode {
     let mut instance_type = "t3.micro".to_string();
     let mut scale = 1.0f64;
     let mut network = true;
+    let mut ami = "tiny".to_string();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut val = |name: &str| {
@@ -728,9 +880,10 @@ fn main() -> ExitCode {
                 })
             }
             "--no-network" => network = false,
+            "--ami" => ami = val("--ami"),
             "-h" | "--help" => {
                 println!(
-                    "usage: lifecycle_smoke [--endpoint URL] [--key K] [--secret S] [--region R] [--instance-type T] [--timeout-scale N] [--no-network]"
+                    "usage: lifecycle_smoke [--endpoint URL] [--key K] [--secret S] [--region R] [--instance-type T] [--timeout-scale N] [--no-network] [--ami tiny|debian-12]"
                 );
                 return ExitCode::SUCCESS;
             }
@@ -756,8 +909,23 @@ fn main() -> ExitCode {
         scale,
         network,
     };
-    println!("SMOKE: lifecycle against {endpoint}");
-    match smoke.run(&instance_type) {
+    println!("SMOKE: lifecycle of {ami} against {endpoint}");
+    let result = match ami.as_str() {
+        "tiny" => smoke.run(&instance_type),
+        "debian-12" => smoke.run_debian(&instance_type),
+        other => {
+            eprintln!("lifecycle_smoke: --ami is tiny or debian-12, not {other}");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) if ami == "debian-12" => {
+            println!(
+                "SMOKE: PASS debian-12: run -> running -> bootcmd, runcmd, cloud-init finished (Ec2Local) -> sshd on the public IP -> stop -> stopped -> start -> running -> boot 2 -> terminated in {:.1}s",
+                smoke.t0.elapsed().as_secs_f64()
+            );
+            ExitCode::SUCCESS
+        }
         Ok(()) => {
             println!(
                 "SMOKE: PASS run -> running -> ready{} -> stop -> stopped -> start -> running -> boot 2{} -> terminated in {:.1}s",
