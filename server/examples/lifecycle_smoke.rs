@@ -24,6 +24,14 @@
 //! network checks (the lifecycle alone). Each step is printed with its time; the last line is
 //! `SMOKE: PASS …` and the exit status 0, or `SMOKE: FAIL …` and 1. Timeouts are generous: under
 //! nested TCG an L2 boot takes ~7–14 s.
+//!
+//! `--ami debian-12` runs the lifecycle on the built-in Debian image instead (built for this
+//! engine: `ec2d images debian-12`), with cloud-init doing the guest's part: CreateSecurityGroup
+//! (tcp 22) → RunInstances (HttpTokens=required, cloud-config user data) → running → console:
+//! bootcmd `ec2d-debian: boot 1`, runcmd `ec2d-debian: runcmd <id>` and cloud-init's `finished
+//! … Datasource DataSourceEc2Local` → sshd's banner on the public IP → StopInstances (systemd
+//! powers off on the ACPI power button) → stopped → StartInstances → running → `ec2d-debian:
+//! boot 2` (the counter on the root volume survived) and cloud-init finished again → terminated.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -289,11 +297,8 @@ impl Smoke {
         loop {
             let full = self.console(id)?;
             let text = match after {
-                Some(m) => full
-                    .rfind(m)
-                    .map(|i| full[i..].to_string())
-                    .unwrap_or_default(),
-                None => full,
+                Some(m) => full.rfind(m).map(|i| &full[i..]).unwrap_or_default(),
+                None => full.as_str(),
             };
             if let Some(b) = bad.iter().find(|b| text.contains(**b)) {
                 return Err(format!(
@@ -312,16 +317,16 @@ impl Smoke {
                     &format!("console of {id} shows {} line(s)", want.len()),
                     since,
                 );
-                return Ok(text);
+                return Ok(text.to_string());
             }
             if Instant::now() > next_progress {
                 // A slow boot (debian-12 under nested TCG takes minutes) shows that it moves.
                 next_progress += PROGRESS_EVERY;
-                let last = text.lines().rev().find(|l| !l.trim().is_empty());
+                let last = full.lines().rev().find(|l| !l.trim().is_empty());
                 println!(
                     "SMOKE: [{:7.2}s]   still waiting; console has {} lines, the last: {:?}",
                     self.t0.elapsed().as_secs_f64(),
-                    text.lines().count(),
+                    full.lines().count(),
                     last.unwrap_or_default().trim_end_matches('\r')
                 );
             }
@@ -548,10 +553,12 @@ impl Smoke {
 
         // A graceful stop: the VMM presses the ACPI power button and systemd shuts down.
         self.stop_start(id, 900, 600)?;
+        // Until systemd-logind runs, the guest ignores the power button, so the terminate waits
+        // for the second boot to finish (as a user of a real instance would).
         self.wait_console(
             id,
             Some("ec2d-debian: boot 2"),
-            &["ec2d-debian: boot 2"],
+            &["ec2d-debian: boot 2", "Datasource DataSourceEc2Local"],
             3600,
         )?;
         self.terminate(id)
