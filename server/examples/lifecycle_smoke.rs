@@ -303,7 +303,7 @@ impl Smoke {
             if let Some(b) = bad.iter().find(|b| text.contains(**b)) {
                 return Err(format!(
                     "console of {id} shows {:?}",
-                    line_with(&text, b).unwrap_or_default()
+                    line_with(text, b).unwrap_or_default()
                 ));
             }
             if want.iter().all(|w| text.contains(w)) {
