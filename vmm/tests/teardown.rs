@@ -19,6 +19,24 @@ fn thread_count() -> usize {
         .unwrap_or(0)
 }
 
+/// The thread count once it has stopped changing: a dropped VM's threads finish exiting
+/// just after `drop` returns, and a count taken in that moment is one too high.
+fn settled_thread_count() -> usize {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut last = thread_count();
+    let mut same = 0;
+    while same < 5 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        let now = thread_count();
+        if now == last {
+            same += 1;
+        } else {
+            (last, same) = (now, 0);
+        }
+    }
+    last
+}
+
 fn rss_kib() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
     let pages: u64 = statm
@@ -71,12 +89,14 @@ fn two_hundred_vms_release_everything() {
     for i in 0..4 {
         launch(i);
     }
-    let (fds0, threads0, rss0) = (fd_count(), thread_count(), rss_kib());
+    let threads0 = settled_thread_count();
+    let (fds0, rss0) = (fd_count(), rss_kib());
     let t = std::time::Instant::now();
     for i in 0..200 {
         launch(i);
     }
-    let (fds1, threads1, rss1) = (fd_count(), thread_count(), rss_kib());
+    let threads1 = settled_thread_count();
+    let (fds1, rss1) = (fd_count(), rss_kib());
     eprintln!(
         "200 VMs in {:?}: fds {fds0} -> {fds1}, threads {threads0} -> {threads1}, rss {rss0} KiB -> {rss1} KiB",
         t.elapsed()
