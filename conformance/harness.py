@@ -162,6 +162,32 @@ class Ec2d:
             shutil.rmtree(self.data_dir, ignore_errors=True)
 
 
+def instance_server(tmp_path_factory, name, engine=None, credentials=(), prepare=None):
+    """A module's own ec2d that runs instances: a generator for a pytest fixture
+    (`yield from instance_server(...)`). Fails, never skips, when the server has no instance
+    engine (or not `engine`), and stops the server afterwards. `prepare(srv)` runs before start,
+    with the data directory made; `srv.tmp` is a scratch directory for the module."""
+    import pytest
+
+    d = tmp_path_factory.mktemp(f"ec2d-{name}")
+    extra = ["--engine", engine] if engine else []
+    srv = Ec2d(data_dir=str(d / "data"), log_path=str(d / "ec2d.log"), credentials=credentials, extra_args=extra)
+    os.makedirs(srv.data_dir)
+    if prepare:
+        prepare(srv)
+    srv.start()
+    got = json.loads(srv.health).get("engine")
+    if got in (None, "none") or (engine and got != engine):
+        srv.stop()
+        pytest.fail(f"no {engine or 'instance'} engine on this host: {json.loads(srv.health).get('engineUnavailable')}")
+    srv.tmp = d
+    try:
+        yield srv
+    finally:
+        srv.stop()
+        print(f"\n[ec2d {name} log: {srv.log_path}]")
+
+
 # ------------------------------------------------------------------ clients
 def client(endpoint, region="us-east-1", key=DEFAULT_KEY, secret=DEFAULT_SECRET, check=True, recorder=None,
            service="ec2", token=None):

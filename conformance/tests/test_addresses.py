@@ -6,7 +6,6 @@ account and region. The Elastic IP tests that need no instance run on the sessio
 those that do run real instances (the tiny AMI) on their own server, which needs the sandbox
 engine and so root."""
 import ipaddress
-import json
 import os
 import re
 import time
@@ -194,17 +193,7 @@ def test_describe_network_interfaces_errors(ec2, endpoint):
 def server(tmp_path_factory):
     if os.geteuid() != 0:
         pytest.skip("SKIPPED LOUDLY: instances need the sandbox engine, which needs root")
-    d = tmp_path_factory.mktemp("ec2d-addresses")
-    srv = harness.Ec2d(data_dir=str(d / "data"), log_path=str(d / "ec2d.log"))
-    os.makedirs(srv.data_dir)
-    srv.start()
-    health = json.loads(srv.health)
-    if health.get("engine") in (None, "none"):
-        srv.stop()
-        pytest.fail(f"no instance engine on this host: {health.get('engineUnavailable')}")
-    yield srv
-    srv.stop()
-    print(f"\n[ec2d addresses log: {srv.log_path}]")
+    yield from harness.instance_server(tmp_path_factory, "addresses")
 
 
 @pytest.fixture(scope="module")

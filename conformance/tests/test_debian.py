@@ -83,20 +83,12 @@ def server(tmp_path_factory):
         pytest.skip(f"SKIPPED LOUDLY: no debian-12 AMI built for recipe version {version} in {IMAGE_CACHE} "
                     f"(conformance/run builds it as root with debootstrap, ~4 min; or run "
                     f"`ec2d images debian-12 --data-dir {IMAGE_CACHE}`)")
-    d = tmp_path_factory.mktemp("ec2d-debian")
-    srv = harness.Ec2d(data_dir=str(d / "data"), log_path=str(d / "ec2d.log"), extra_args=["--engine", "sandbox"])
-    # The built image is shared, read-only, through a link in this server's image cache.
-    os.makedirs(os.path.join(srv.data_dir, "images"))
-    os.symlink(cached, os.path.join(srv.data_dir, "images", f"debian-12-{version}"))
-    srv.start()
-    health = json.loads(srv.health)
-    if health.get("engine") != "sandbox":
-        srv.stop()
-        pytest.fail(f"no sandbox engine on this host: {health.get('engineUnavailable')}")
-    srv.tmp = d
-    yield srv
-    srv.stop()
-    print(f"\n[ec2d debian-12 log: {srv.log_path}]")
+    def link_image(srv):
+        # The built image is shared, read-only, through a link in this server's image cache.
+        os.makedirs(os.path.join(srv.data_dir, "images"))
+        os.symlink(cached, os.path.join(srv.data_dir, "images", f"debian-12-{version}"))
+
+    yield from harness.instance_server(tmp_path_factory, "debian-12", engine="sandbox", prepare=link_image)
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ The lifecycle: run the tiny AMI, see it running and its ready line on the consol
 start (the root volume's boot counter shows the data survived), reboot, create an image
 and boot it, terminate, and check the host is left clean; then a kill -9 of ec2d with an
 instance running, and the restart that brings it back."""
-import base64
 import json
 import os
 import subprocess
@@ -46,18 +45,8 @@ def host_is_clean(data_dir, instance_ids):
 def server(tmp_path_factory):
     if os.geteuid() != 0:
         pytest.skip("SKIPPED LOUDLY: the sandbox engine needs root (namespaces, loop devices, cgroups)")
-    d = tmp_path_factory.mktemp("ec2d-instances")
-    srv = harness.Ec2d(data_dir=str(d / "data"), log_path=str(d / "ec2d.log"),
-                       credentials=[f"{harness.OTHER_KEY}:{harness.OTHER_SECRET}:{harness.OTHER_ACCOUNT}"])
-    os.makedirs(srv.data_dir)
-    srv.start()
-    health = json.loads(srv.health)
-    if health.get("engine") in (None, "none"):
-        srv.stop()
-        pytest.fail(f"no instance engine on this host: {health.get('engineUnavailable')}")
-    yield srv
-    srv.stop()
-    print(f"\n[ec2d instances log: {srv.log_path}]")
+    other = f"{harness.OTHER_KEY}:{harness.OTHER_SECRET}:{harness.OTHER_ACCOUNT}"
+    yield from harness.instance_server(tmp_path_factory, "instances", credentials=[other])
 
 
 @pytest.fixture(scope="module")

@@ -26,18 +26,7 @@ def server(tmp_path_factory):
         pytest.skip("SKIPPED LOUDLY: the sandbox engine needs root (namespaces, taps, cgroups)")
     if not shutil.which("ssh"):
         pytest.fail("the network tests need an ssh client (apt install openssh-client)")
-    d = tmp_path_factory.mktemp("ec2d-network")
-    srv = harness.Ec2d(data_dir=str(d / "data"), log_path=str(d / "ec2d.log"))
-    os.makedirs(srv.data_dir)
-    srv.start()
-    health = json.loads(srv.health)
-    if health.get("engine") in (None, "none"):
-        srv.stop()
-        pytest.fail(f"no instance engine on this host: {health.get('engineUnavailable')}")
-    srv.tmp = d
-    yield srv
-    srv.stop()
-    print(f"\n[ec2d network log: {srv.log_path}]")
+    yield from harness.instance_server(tmp_path_factory, "network")
 
 
 @pytest.fixture(scope="module")
