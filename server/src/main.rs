@@ -63,8 +63,8 @@ struct ServeArgs {
     #[arg(long, value_enum, default_value = "auto", env = "EC2D_ENGINE")]
     engine: EngineChoice,
     /// Seconds a stopping or terminating guest (and every guest when ec2d exits) has to shut
-    /// down after the ACPI power button (or its signal) before it is forced off. Raise it for slow hosts, e.g. a guest
-    /// under emulation.
+    /// down after the ACPI power button (or its signal) before it is forced off. Raise it for
+    /// slow hosts, e.g. a guest under emulation.
     #[arg(long, value_name = "SECONDS", default_value_t = ec2d::compute::DEFAULT_GRACE.as_secs(),
           env = "EC2D_SHUTDOWN_GRACE", value_parser = clap::value_parser!(u64).range(1..=3600))]
     shutdown_grace: u64,
